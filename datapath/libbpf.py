@@ -1,0 +1,437 @@
+"""The one binding to libbpf (libbpf.so.1) through ctypes.
+
+Covers what the agent and the tests need: open/load an object with its maps
+pinned in a directory, TC attach/detach, map operations (per-CPU aware, batch
+iteration) and BPF_PROG_TEST_RUN. Every libbpf failure raises LibbpfError with
+the errno, the operation and, for loads, the tail of libbpf's log (the
+verifier's complaint).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import errno as errno_mod
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("datapath.libbpf")
+
+_lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_TC_INGRESS = 1
+BPF_TC_EGRESS = 2
+BPF_TC_F_REPLACE = 1
+
+# enum bpf_map_type values that hold one value per CPU
+# PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
+_PERCPU_MAP_TYPES = {5, 6, 10, 21}
+
+
+class LibbpfError(OSError):
+    """A libbpf call failed: errno, the operation, and libbpf's own words when it had any."""
+
+    def __init__(self, err: int, operation: str, detail: str = "") -> None:
+        text = f"{operation}: {os.strerror(err)} (errno {err})"
+        if detail:
+            text += "\n" + detail
+        super().__init__(err, text)
+        self.operation = operation
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+# libbpf's log goes to a bounded buffer (for error reports) and to logging.
+_LOG_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_log_lines: collections.deque[str] = collections.deque(maxlen=400)
+_log_lock = threading.Lock()
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+
+@_LOG_CB
+def _libbpf_print(level: int, fmt: bytes, args: int) -> int:
+    buf = ctypes.create_string_buffer(4096)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    text = buf.value.decode(errors="replace").rstrip("\n")
+    with _log_lock:
+        _log_lines.extend(text.splitlines())
+    log.debug("libbpf: %s", text)
+    return 0
+
+
+_lib.libbpf_set_print.restype = ctypes.c_void_p
+_lib.libbpf_set_print.argtypes = [_LOG_CB]
+_lib.libbpf_set_print(_libbpf_print)
+
+
+def _take_log(tail: int = 60) -> str:
+    with _log_lock:
+        lines = list(_log_lines)[-tail:]
+        _log_lines.clear()
+    return "\n".join(lines)
+
+
+def _sig(name: str, restype: Any, *argtypes: Any) -> None:
+    fn = getattr(_lib, name)
+    fn.restype = restype
+    fn.argtypes = list(argtypes)
+
+
+_vp, _cp, _int, _u32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+
+
+class _TcHook(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ifindex", ctypes.c_int),
+        ("attach_point", ctypes.c_int),
+        ("parent", ctypes.c_uint32),
+    ]
+
+
+class _TcOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("prog_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+    ]
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _BatchOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64),
+    ]
+
+
+_sig("bpf_object__open_file", _vp, _cp, _vp)
+_sig("bpf_object__load", _int, _vp)
+_sig("bpf_object__close", None, _vp)
+_sig("bpf_object__find_program_by_name", _vp, _vp, _cp)
+_sig("bpf_object__find_map_by_name", _vp, _vp, _cp)
+_sig("bpf_object__next_map", _vp, _vp, _vp)
+_sig("bpf_program__fd", _int, _vp)
+_sig("bpf_map__fd", _int, _vp)
+_sig("bpf_map__name", _cp, _vp)
+_sig("bpf_map__type", _int, _vp)
+_sig("bpf_map__key_size", _u32, _vp)
+_sig("bpf_map__value_size", _u32, _vp)
+_sig("bpf_map__max_entries", _u32, _vp)
+_sig("bpf_map__set_max_entries", _int, _vp, _u32)
+_sig("bpf_map__set_pin_path", _int, _vp, _cp)
+_sig("bpf_map__unpin", _int, _vp, _cp)
+_sig("bpf_tc_hook_create", _int, ctypes.POINTER(_TcHook))
+_sig("bpf_tc_hook_destroy", _int, ctypes.POINTER(_TcHook))
+_sig("bpf_tc_attach", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
+_sig("bpf_tc_detach", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
+_sig("bpf_tc_query", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
+_sig("bpf_map_update_elem", _int, _int, _vp, _vp, ctypes.c_uint64)
+_sig("bpf_map_lookup_elem", _int, _int, _vp, _vp)
+_sig("bpf_map_delete_elem", _int, _int, _vp)
+_sig("bpf_map_get_next_key", _int, _int, _vp, _vp)
+_sig(
+    "bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp,
+    ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(_BatchOpts),
+)
+_sig("bpf_prog_test_run_opts", _int, _int, ctypes.POINTER(_TestRunOpts))
+_sig("libbpf_num_possible_cpus", _int)
+
+
+def _errno_of(ret: int) -> int:
+    """libbpf 1.x returns -errno; fall back to errno for the few that return -1."""
+    if ret < -1:
+        return -ret
+    return ctypes.get_errno() or errno_mod.EINVAL
+
+
+def _check(ret: int, operation: str) -> int:
+    if ret < 0:
+        raise LibbpfError(_errno_of(ret), operation)
+    return ret
+
+
+def num_possible_cpus() -> int:
+    return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+class BpfMap:
+    """A loaded map: typed lookups with the ctypes layouts of datapath.layouts."""
+
+    def __init__(self, handle: int, key_type: type, value_type: type) -> None:
+        self._handle = handle
+        self.name: str = _lib.bpf_map__name(handle).decode()
+        self.fd: int = _lib.bpf_map__fd(handle)
+        self.key_type = key_type
+        self.value_type = value_type
+        self.max_entries: int = _lib.bpf_map__max_entries(handle)
+        self.percpu = _lib.bpf_map__type(handle) in _PERCPU_MAP_TYPES
+        self.ncpus = num_possible_cpus() if self.percpu else 1
+        for what, ctype, size in (
+            ("key", key_type, _lib.bpf_map__key_size(handle)),
+            ("value", value_type, _lib.bpf_map__value_size(handle)),
+        ):
+            if ctypes.sizeof(ctype) != size:
+                raise LibbpfError(
+                    errno_mod.EINVAL,
+                    f"map {self.name}: {what} is {size} bytes in the object, "
+                    f"{ctypes.sizeof(ctype)} in {ctype.__name__}",
+                )
+        # per-CPU values are laid out at 8-byte strides
+        self._stride = (ctypes.sizeof(value_type) + 7) & ~7
+
+    def _value_buffer(self) -> ctypes.Array[ctypes.c_char]:
+        return ctypes.create_string_buffer(self._stride * self.ncpus)
+
+    def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        key = self._key(key)
+        if self.percpu:
+            buf = self._value_buffer()
+            for cpu in range(self.ncpus):
+                ctypes.memmove(ctypes.addressof(buf) + cpu * self._stride,
+                               ctypes.addressof(value), ctypes.sizeof(value))
+            ptr = ctypes.addressof(buf)
+        else:
+            ptr = ctypes.addressof(value)
+        _check(_lib.bpf_map_update_elem(self.fd, ctypes.addressof(key), ptr, flags),
+               f"update {self.name}")
+
+    def lookup(self, key: Any) -> Any | None:
+        """The value, or None when absent. Per-CPU maps give a list (one per CPU)."""
+        key = self._key(key)
+        buf = self._value_buffer()
+        ret = _lib.bpf_map_lookup_elem(self.fd, ctypes.addressof(key), ctypes.addressof(buf))
+        if ret < 0:
+            if _errno_of(ret) == errno_mod.ENOENT:
+                return None
+            _check(ret, f"lookup {self.name}")
+        return self._decode_value(buf, 0)
+
+    def delete(self, key: Any) -> bool:
+        key = self._key(key)
+        ret = _lib.bpf_map_delete_elem(self.fd, ctypes.addressof(key))
+        if ret < 0:
+            if _errno_of(ret) == errno_mod.ENOENT:
+                return False
+            _check(ret, f"delete from {self.name}")
+        return True
+
+    def keys(self) -> Iterator[Any]:
+        prev: Any = None
+        while True:
+            nxt = self.key_type()
+            ret = _lib.bpf_map_get_next_key(
+                self.fd, ctypes.addressof(prev) if prev is not None else None,
+                ctypes.addressof(nxt))
+            if ret < 0:
+                if _errno_of(ret) == errno_mod.ENOENT:
+                    return
+                _check(ret, f"iterate {self.name}")
+            yield nxt
+            prev = nxt
+
+    def items(self, batch: int = 4096) -> Iterator[tuple[Any, Any]]:
+        """All entries, read with BPF_MAP_LOOKUP_BATCH (one syscall per `batch`)."""
+        key_size = ctypes.sizeof(self.key_type)
+        keys = (self.key_type * batch)()
+        values = ctypes.create_string_buffer(self._stride * self.ncpus * batch)
+        token_in = ctypes.create_string_buffer(max(key_size, 8))
+        token_out = ctypes.create_string_buffer(max(key_size, 8))
+        opts = _BatchOpts(sz=ctypes.sizeof(_BatchOpts))
+        first = True
+        while True:
+            count = ctypes.c_uint32(batch)
+            ret = _lib.bpf_map_lookup_batch(
+                self.fd, None if first else ctypes.addressof(token_in),
+                ctypes.addressof(token_out), ctypes.addressof(keys),
+                ctypes.addressof(values), ctypes.byref(count), ctypes.byref(opts))
+            done = ret < 0 and _errno_of(ret) == errno_mod.ENOENT
+            if ret < 0 and not done:
+                _check(ret, f"batch lookup {self.name}")
+            for i in range(count.value):
+                yield (self.key_type.from_buffer_copy(keys[i]),
+                       self._decode_value(values, i * self._stride * self.ncpus))
+            if done:
+                return
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
+    def _key(self, key: Any) -> Any:
+        return self.key_type(key) if isinstance(key, int) else key
+
+    def _decode_value(self, buf: Any, offset: int) -> Any:
+        if not self.percpu:
+            return self.value_type.from_buffer_copy(buf, offset)
+        return [self.value_type.from_buffer_copy(buf, offset + cpu * self._stride)
+                for cpu in range(self.ncpus)]
+
+
+@dataclass
+class ProgTestRunResult:
+    retval: int
+    data: bytes
+    duration_ns: int
+
+
+class BpfObject:
+    """An opened and loaded object. With pin_dir, every map is pinned there
+    (and an existing compatible pin is reused, which is how a restarted agent
+    picks up the conntrack and rules of the one before it)."""
+
+    def __init__(
+        self,
+        path: str,
+        map_types: dict[str, tuple[type, type]],
+        pin_dir: str | None = None,
+        max_entries: dict[str, int] | None = None,
+    ) -> None:
+        self.path = path
+        _take_log()
+        handle = _lib.bpf_object__open_file(path.encode(), None)
+        if not handle:
+            raise LibbpfError(ctypes.get_errno() or errno_mod.EINVAL,
+                              f"open {path}", _take_log())
+        self._handle: int | None = handle
+        try:
+            self._prepare_maps(pin_dir, max_entries or {})
+            ret = _lib.bpf_object__load(handle)
+            if ret < 0:
+                raise LibbpfError(_errno_of(ret), f"load {path}", _take_log())
+            self.maps = {name: BpfMap(self._map_handle(name), *types)
+                         for name, types in map_types.items()}
+        except BaseException:
+            self.close()
+            raise
+
+    def _map_handle(self, name: str) -> int:
+        assert self._handle is not None
+        handle = _lib.bpf_object__find_map_by_name(self._handle, name.encode())
+        if not handle:
+            raise LibbpfError(errno_mod.ENOENT, f"map {name} not in {self.path}")
+        return handle
+
+    def _prepare_maps(self, pin_dir: str | None, max_entries: dict[str, int]) -> None:
+        if pin_dir:
+            os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+        handle = _lib.bpf_object__next_map(self._handle, None)
+        while handle:
+            name = _lib.bpf_map__name(handle).decode()
+            if name in max_entries:
+                _check(_lib.bpf_map__set_max_entries(handle, max_entries[name]),
+                       f"resize {name}")
+            # .rodata/.bss and friends are private to the program
+            if pin_dir and not name.startswith("."):
+                _check(_lib.bpf_map__set_pin_path(handle, f"{pin_dir}/{name}".encode()),
+                       f"pin path for {name}")
+            handle = _lib.bpf_object__next_map(self._handle, handle)
+
+    def program_fd(self, name: str) -> int:
+        assert self._handle is not None
+        prog = _lib.bpf_object__find_program_by_name(self._handle, name.encode())
+        if not prog:
+            raise LibbpfError(errno_mod.ENOENT, f"program {name} not in {self.path}")
+        return _check(_lib.bpf_program__fd(prog), f"fd of program {name}")
+
+    def close(self) -> None:
+        if self._handle:
+            _lib.bpf_object__close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tc_hook(ifindex: int, direction: int) -> _TcHook:
+    return _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=direction)
+
+
+def tc_attach(ifindex: int, prog_fd: int, *, handle: int = 1, priority: int = 1,
+              direction: int = BPF_TC_INGRESS) -> None:
+    """Attach (or replace) the program on the clsact hook of an interface."""
+    hook = _tc_hook(ifindex, direction)
+    ret = _lib.bpf_tc_hook_create(ctypes.byref(hook))
+    if ret < 0 and _errno_of(ret) != errno_mod.EEXIST:
+        _check(ret, f"create clsact on ifindex {ifindex}")
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, flags=BPF_TC_F_REPLACE,
+                   handle=handle, priority=priority)
+    _check(_lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
+           f"attach to ifindex {ifindex}")
+
+
+def tc_query(ifindex: int, *, handle: int = 1, priority: int = 1,
+             direction: int = BPF_TC_INGRESS) -> int | None:
+    """The id of the program attached at (handle, priority), or None."""
+    hook = _tc_hook(ifindex, direction)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    ret = _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    if ret < 0:
+        if _errno_of(ret) in (errno_mod.ENOENT, errno_mod.EINVAL):
+            return None
+        _check(ret, f"query ifindex {ifindex}")
+    return opts.prog_id
+
+
+def tc_detach(ifindex: int, *, handle: int = 1, priority: int = 1,
+              direction: int = BPF_TC_INGRESS) -> bool:
+    """Remove our filter; False when it was not there."""
+    hook = _tc_hook(ifindex, direction)
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
+    ret = _lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+    if ret < 0:
+        if _errno_of(ret) in (errno_mod.ENOENT, errno_mod.EINVAL, errno_mod.ENODEV):
+            return False
+        _check(ret, f"detach from ifindex {ifindex}")
+    return True
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> ProgTestRunResult:
+    """BPF_PROG_TEST_RUN: the verdict, the frame as the program left it, and
+    the kernel's average duration per run."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 512)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.addressof(data_in),
+        data_out=ctypes.addressof(data_out),
+        data_size_in=len(data),
+        data_size_out=len(data_out),
+        repeat=repeat,
+    )
+    _check(_lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test run")
+    return ProgTestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)

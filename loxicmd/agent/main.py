@@ -1,0 +1,133 @@
+"""loxilbd: the load-balancer agent, a foreground daemon run in the LB's network namespace."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import socket
+import sys
+
+import click
+
+from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
+
+log = logging.getLogger("loxilbd")
+
+BPFFS = "/sys/fs/bpf"
+
+
+def ensure_bpffs() -> None:
+    """Mount bpffs at /sys/fs/bpf when it is not (pins need it)."""
+    with open("/proc/self/mounts") as f:
+        if any(line.split()[1:3] == [BPFFS, "bpf"] for line in f):
+            return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise click.ClickException(f"cannot mount bpffs at {BPFFS}: {os.strerror(err)}")
+
+
+def _interfaces(value: str) -> list[str] | None:
+    """None means every interface but lo."""
+    if value == "all":
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("give interface names separated by commas, or 'all'")
+    for name in names:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise click.BadParameter(f"interface {name!r} does not exist in this network "
+                                     "namespace") from None
+    return names
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default=DEFAULT_API_HOST, show_default=True,
+              help="Address the REST API listens on (loopback unless a token is set).")
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_API_PORT,
+              show_default=True, help="REST API port.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default="/var/lib/loxilbd",
+              show_default=True, help="Where rules are persisted (one agent per directory).")
+@click.option("--interfaces", default="all", show_default=True,
+              help="Interfaces to attach the datapath to: a,b,... or all (every one but lo).")
+@click.option("--node", default=socket.gethostname(), show_default="hostname",
+              help="Node name; the maps are pinned under /sys/fs/bpf/loxilb/NODE.")
+@click.option("--bpffs-dir", type=click.Path(file_okay=False), default=None,
+              help="Pin directory for the maps (overrides --node).")
+@click.option("--ct-entries", type=click.IntRange(1024, 16 * 1024 * 1024), default=None,
+              help="Conntrack table size (entries) when the maps are created.")
+@click.option("--token", envvar="LOXILBD_TOKEN", default=None,
+              help="Require this token in the Authorization header (env LOXILBD_TOKEN).")
+@click.option("--detach-on-exit", is_flag=True,
+              help="On SIGTERM also detach the datapath (default: traffic keeps flowing "
+                   "on the pinned maps until the next agent takes over).")
+@click.option("--cleanup", is_flag=True,
+              help="Detach the datapath from every interface, remove the pinned maps, exit.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
+        bpffs_dir: str | None, ct_entries: int | None, token: str | None,
+        detach_on_exit: bool, cleanup: bool, log_level: str) -> None:
+    """The load-balancer agent: loads the eBPF datapath, serves the REST API."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pin_dir = bpffs_dir or f"{BPFFS}/loxilb/{node}"
+    ensure_bpffs()
+
+    from .dataplane import Dataplane, detach_everywhere, interfaces_in_namespace, unpin
+
+    if cleanup:
+        removed = detach_everywhere()
+        unpin(pin_dir)
+        click.echo(f"detached from {', '.join(removed) or 'no interface'}; removed {pin_dir}")
+        return
+    if host not in ("127.0.0.1", "::1", "localhost") and not token:
+        raise click.UsageError("--host other than loopback needs --token (or LOXILBD_TOKEN)")
+    ifnames = _interfaces(interfaces)
+
+    import uvicorn
+
+    from .api import create_app
+    from .rules import RuleTable
+    from .store import StateDirBusy, StateStore
+
+    try:
+        store = StateStore(state_dir)
+    except StateDirBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    dp = None
+    try:
+        dp = Dataplane(pin_dir, ct_entries=ct_entries)
+        table = RuleTable(dp, store)
+        restored = table.restore()
+        dp.attach(ifnames if ifnames is not None else interfaces_in_namespace())
+        log.info("datapath on %s, maps in %s, %d rules restored from %s",
+                 ", ".join(dp.attached) or "no interface", pin_dir, restored, state_dir)
+        app = create_app(table, token)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                               access_log=False, lifespan="off"))
+        server.run()
+        if not server.started:
+            raise click.ClickException(f"could not serve the API on {host}:{port}")
+        log.info("stopping")
+        if detach_on_exit:
+            dp.detach_all()
+    except (OSError, ValueError) as exc:
+        if dp is not None:
+            dp.detach_all()
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if dp is not None:
+            dp.close()
+        store.close()
+
+
+def main() -> None:
+    cli(prog_name="loxilbd")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Load-balancer rules: parsing and validation of the API's LoadbalanceEntry, and its output form.
+
+Validation names the field, the value and what is allowed, and happens before
+anything changes. Keys are matched case-insensitively (LoxiLB's clients spell
+them both ways).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from datapath.layouts import LB_MAX_ENDPOINTS
+from loxicmd.names import NAT_MODE_NAMES, SELECTION_NAMES
+
+DEFAULT_TIMEOUTS = {"tcp": 240, "udp": 20, "sctp": 240, "icmp": 20}
+MAX_TIMEOUT_S = 86400
+
+# What this datapath implements today; the rest of the API's codes are known
+# (and named in errors) but refused rather than silently treated as another.
+SUPPORTED_PROTOCOLS = ("tcp", "udp")
+SUPPORTED_SEL = (0,)
+SUPPORTED_MODES = (0,)
+
+OPER_CREATE, OPER_ATTACH, OPER_DETACH = 0, 1, 2
+
+
+class InvalidInput(ValueError):
+    """Bad request: carries the field path and a sentence saying what is wrong."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    ip: str
+    target_port: int
+    weight: int = 1
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return (self.ip, self.target_port)
+
+    def sort_key(self) -> tuple[int, int]:
+        return (int(ipaddress.IPv4Address(self.ip)), self.target_port)
+
+
+@dataclass(frozen=True)
+class RuleKey:
+    """A rule's identity (api.md): posting the same identity again updates it."""
+
+    external_ip: str
+    port: int
+    port_max: int
+    protocol: str
+    block: int
+    host: str
+
+    def describe(self) -> str:
+        ports = str(self.port) if self.port_max == self.port else f"{self.port}-{self.port_max}"
+        mark = f" mark {self.block}" if self.block else ""
+        return f"{self.external_ip}:{ports}/{self.protocol}{mark}"
+
+
+@dataclass(frozen=True)
+class LbRule:
+    key: RuleKey
+    sel: int = 0
+    mode: int = 0
+    inactive_timeout: int = 0  # 0: the protocol's default
+    name: str = ""
+    bgp: bool = False
+    monitor: bool = False
+    endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
+
+    @property
+    def effective_timeout(self) -> int:
+        return self.inactive_timeout or DEFAULT_TIMEOUTS[self.key.protocol]
+
+    def with_endpoints(self, endpoints: list[Endpoint]) -> LbRule:
+        return replace(self, endpoints=tuple(sorted(endpoints, key=Endpoint.sort_key)))
+
+
+def _lower_keys(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_lower_keys(v) for v in obj]
+    return obj
+
+
+def _int(obj: dict[str, Any], key: str, where: str, default: int, lo: int, hi: int,
+         allowed: str = "") -> int:
+    value = obj.get(key.lower(), default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{where}{key}", f"{value!r} is not an integer; "
+                           f"allowed: {allowed or f'{lo}..{hi}'}")
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{where}{key}", f"{value} is out of range; "
+                           f"allowed: {allowed or f'{lo}..{hi}'}")
+    return value
+
+
+def _bool(obj: dict[str, Any], key: str, where: str) -> bool:
+    value = obj.get(key.lower(), False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}{key}", f"{value!r} is not a boolean (true or false)")
+    return value
+
+
+def _str(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key.lower(), "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}{key}", f"{value!r} is not a string")
+    return value
+
+
+def _ipv4(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = obj.get(key.lower())
+    if value in (None, "") and not required:
+        return ""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{where}{key}", f"{value!r} is missing or not a string; "
+                           "allowed: an IPv4 address")
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidInput(f"{where}{key}", f"{value!r} is not a valid IP address") from None
+    if addr.version != 4:
+        raise InvalidInput(f"{where}{key}", f"{value!r}: IPv6 is not supported by this "
+                           "datapath yet; allowed: an IPv4 address")
+    return str(addr)
+
+
+def _known_code(obj: dict[str, Any], key: str, where: str, names: dict[int, str],
+                supported: tuple[int, ...]) -> int:
+    listing = ", ".join(f"{c} ({n})" for c, n in names.items())
+    value = _int(obj, key, where, 0, min(names), max(names), allowed=listing)
+    if value not in supported:
+        ok = ", ".join(f"{c} ({names[c]})" for c in supported)
+        raise InvalidInput(f"{where}{key}", f"{value} ({names[value]}) is not supported by "
+                           f"this datapath yet; supported: {ok}")
+    return value
+
+
+def _refuse_unsupported(svc: dict[str, Any], body: dict[str, Any]) -> None:
+    """Options the API defines but this datapath does not carry out yet: refuse
+    them when set rather than accept and ignore them."""
+    for key in ("monitor", "bgp", "proxyprotocolv2", "egress"):
+        if svc.get(key):
+            raise InvalidInput(f"serviceArguments.{key}", "is not supported by this agent "
+                               "yet; allowed: false")
+    for key in ("privateip", "host", "probetype"):
+        if svc.get(key):
+            raise InvalidInput(f"serviceArguments.{key}", f"{svc[key]!r} is not supported "
+                               "by this agent yet; allowed: empty")
+    for key, label in (("secondaryips", "secondaryIPs"), ("allowedsources", "allowedSources")):
+        if body.get(key):
+            raise InvalidInput(label, "is not supported by this agent yet; allowed: empty")
+
+
+def parse_endpoints(raw: Any, default_port: int, where: str = "endpoints") -> list[Endpoint]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput(where, f"{type(raw).__name__} is not a list of endpoints")
+    if len(raw) > LB_MAX_ENDPOINTS:
+        raise InvalidInput(where, f"{len(raw)} endpoints; the datapath holds at most "
+                           f"{LB_MAX_ENDPOINTS} per rule")
+    endpoints: list[Endpoint] = []
+    seen: set[tuple[str, int]] = set()
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]."
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where}[{i}]", f"{item!r} is not an object")
+        ip = _ipv4(item, "endpointIP", at)
+        port = _int(item, "targetPort", at, default_port, 1, 65535)
+        weight = _int(item, "weight", at, 1, 1, 255)
+        ep = Endpoint(ip, port, weight)
+        if ep.ident in seen:
+            raise InvalidInput(f"{where}[{i}]", f"{ip}:{port} is listed twice")
+        seen.add(ep.ident)
+        endpoints.append(ep)
+    return endpoints
+
+
+def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
+    """Validate a LoadbalanceEntry; returns the rule and its `oper`."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", f"{type(body).__name__} is not a JSON object")
+    body = _lower_keys(body)
+    svc = body.get("servicearguments")
+    if not isinstance(svc, dict):
+        raise InvalidInput("serviceArguments", "is missing or not an object")
+    where = "serviceArguments."
+    protocol = svc.get("protocol", "tcp")
+    if not isinstance(protocol, str) or protocol.lower() not in ("tcp", "udp", "sctp", "icmp"):
+        raise InvalidInput(f"{where}protocol", f"{protocol!r} is unknown; "
+                           "allowed: tcp, udp, sctp, icmp")
+    protocol = protocol.lower()
+    if protocol not in SUPPORTED_PROTOCOLS:
+        raise InvalidInput(f"{where}protocol", f"{protocol!r} is not supported by this "
+                           f"datapath yet; supported: {', '.join(SUPPORTED_PROTOCOLS)}")
+    external_ip = _ipv4(svc, "externalIP", where)
+    if "port" not in svc:
+        raise InvalidInput(f"{where}port", "is missing; allowed: 1..65535")
+    port = _int(svc, "port", where, 0, 1, 65535)
+    port_max = _int(svc, "portMax", where, 0, 0, 65535)
+    if port_max == 0:
+        port_max = port
+    if port_max < port:
+        raise InvalidInput(f"{where}portMax", f"{port_max} is below port {port}; "
+                           f"allowed: {port}..65535 or 0 for a single port")
+    timeout = _int(svc, "inactiveTimeOut", where, 0, 0, MAX_TIMEOUT_S,
+                   allowed=f"0 (protocol default) .. {MAX_TIMEOUT_S} s")
+    _refuse_unsupported(svc, body)
+    rule = LbRule(
+        key=RuleKey(external_ip, port, port_max, protocol,
+                    _int(svc, "block", where, 0, 0, 2**32 - 1), ""),
+        sel=_known_code(svc, "sel", where, SELECTION_NAMES, SUPPORTED_SEL),
+        mode=_known_code(svc, "mode", where, NAT_MODE_NAMES, SUPPORTED_MODES),
+        inactive_timeout=timeout,
+        name=_str(svc, "name", where),
+    )
+    oper = _int(svc, "oper", where, OPER_CREATE, 0, 2, allowed="0 (create/update), "
+                "1 (attach endpoints), 2 (detach endpoints)")
+    rule = rule.with_endpoints(parse_endpoints(body.get("endpoints"), port))
+    return rule, oper
+
+
+def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int, int]]
+                ) -> dict[str, Any]:
+    """The LoadbalanceEntry the API returns for a rule."""
+    k = rule.key
+    return {
+        "serviceArguments": {
+            "externalIP": k.external_ip,
+            "port": k.port,
+            "portMax": k.port_max if k.port_max != k.port else 0,
+            "protocol": k.protocol,
+            "sel": rule.sel,
+            "mode": rule.mode,
+            "bgp": rule.bgp,
+            "monitor": rule.monitor,
+            "inactiveTimeOut": rule.effective_timeout,
+            "block": k.block,
+            "name": rule.name,
+            "host": k.host,
+            "privateIP": "",
+            "snat": False,
+        },
+        "endpoints": [
+            {
+                "endpointIP": ep.ip,
+                "targetPort": ep.target_port,
+                "weight": ep.weight,
+                "state": "active",
+                "counter": "{}:{}".format(*endpoint_counters.get(ep.ident, (0, 0))),
+            }
+            for ep in rule.endpoints
+        ],
+        "secondaryIPs": [],
+        "allowedSources": [],
+    }
+
+
+def rule_to_request(rule: LbRule) -> dict[str, Any]:
+    """The request body that recreates a rule (the persisted form)."""
+    k = rule.key
+    return {
+        "serviceArguments": {
+            "externalIP": k.external_ip, "port": k.port,
+            "portMax": k.port_max if k.port_max != k.port else 0,
+            "protocol": k.protocol, "sel": rule.sel, "mode": rule.mode,
+            "inactiveTimeOut": rule.inactive_timeout, "block": k.block, "name": rule.name,
+        },
+        "endpoints": [{"endpointIP": e.ip, "targetPort": e.target_port, "weight": e.weight}
+                      for e in rule.endpoints],
+    }
