@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -109,6 +110,11 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         app = create_app(table, token)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                access_log=False, lifespan="off"))
+        # uvicorn handles SIGTERM/SIGINT while it runs and re-raises them to the
+        # previous handlers when it is done: make that a no-op so the clean-up
+        # below runs and the exit status is 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
         server.run()
         if not server.started:
             raise click.ClickException(f"could not serve the API on {host}:{port}")

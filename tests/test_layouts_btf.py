@@ -1,0 +1,103 @@
+"""The Python mirrors of the map layouts agree with the BTF of the built object.
+
+bpftool reads the BTF independently of our binding, so a struct edited on one
+side only, or a map declared with another key or value type, fails here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+import datapath
+from datapath import layouts
+
+
+@pytest.fixture(scope="module")
+def btf() -> dict[int, dict[str, Any]]:
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(datapath.OBJECT_PATH)],
+                         check=True, capture_output=True, text=True).stdout
+    return {t["id"]: t for t in json.loads(out)["types"]}
+
+
+def _struct(btf: dict[int, dict[str, Any]], name: str) -> dict[str, Any]:
+    found = [t for t in btf.values() if t["kind"] == "STRUCT" and t.get("name") == name]
+    assert found, f"struct {name} is not in the BTF of {datapath.OBJECT_PATH}"
+    return found[0]
+
+
+def _resolve(btf: dict[int, dict[str, Any]], type_id: int) -> dict[str, Any]:
+    """Follow typedefs and qualifiers to the underlying type."""
+    t = btf[type_id]
+    while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE"):
+        t = btf[t["type_id"]]
+    return t
+
+
+def _size(btf: dict[int, dict[str, Any]], type_id: int) -> int:
+    t = _resolve(btf, type_id)
+    if t["kind"] == "ARRAY":
+        return t["nr_elems"] * _size(btf, t["type_id"])
+    return t["size"]
+
+
+@pytest.mark.parametrize("name", sorted(layouts.STRUCTS))
+def test_struct_size_and_offsets_match(btf: dict[int, dict[str, Any]], name: str) -> None:
+    mirror = layouts.STRUCTS[name]
+    c_struct = _struct(btf, name)
+    assert ctypes.sizeof(mirror) == c_struct["size"], f"sizeof(struct {name})"
+    c_fields = [(m["name"], m["bits_offset"] // 8) for m in c_struct["members"]]
+    py_fields = [(f[0], getattr(mirror, f[0]).offset) for f in mirror._fields_]
+    assert py_fields == c_fields, f"fields of struct {name} (name, byte offset)"
+    for member, (field_name, ctype) in zip(c_struct["members"], mirror._fields_, strict=True):
+        assert ctypes.sizeof(ctype) == _size(btf, member["type_id"]), f"{name}.{field_name}"
+
+
+def _map_defs(btf: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Map name -> the anonymous struct of its definition in section .maps."""
+    (maps_sec,) = [t for t in btf.values() if t["kind"] == "DATASEC" and t["name"] == ".maps"]
+    defs = {}
+    for var in maps_sec["vars"]:
+        v = btf[var["type_id"]]
+        defs[v["name"]] = btf[v["type_id"]]
+    return defs
+
+
+def _pointee_size_and_name(btf: dict[int, dict[str, Any]], member: dict[str, Any]
+                           ) -> tuple[int, str]:
+    ptr = btf[member["type_id"]]
+    assert ptr["kind"] == "PTR"
+    t = _resolve(btf, ptr["type_id"])
+    return t["size"], t.get("name", "")
+
+
+def test_every_map_has_the_declared_key_and_value(btf: dict[int, dict[str, Any]]) -> None:
+    defs = _map_defs(btf)
+    assert set(defs) == set(layouts.MAPS), "maps in the object vs datapath.layouts.MAPS"
+    for name, (key_type, value_type) in layouts.MAPS.items():
+        members = {m["name"]: m for m in defs[name]["members"]}
+        key_size, key_name = _pointee_size_and_name(btf, members["key"])
+        value_size, value_name = _pointee_size_and_name(btf, members["value"])
+        assert key_size == ctypes.sizeof(key_type), f"{name} key size"
+        assert value_size == ctypes.sizeof(value_type), f"{name} value size"
+        if issubclass(value_type, ctypes.Structure):
+            assert layouts.STRUCTS[value_name] is value_type, f"{name} value type"
+        if issubclass(key_type, ctypes.Structure):
+            assert layouts.STRUCTS[key_name] is key_type, f"{name} key type"
+
+
+def test_capacity_constants_match(btf: dict[int, dict[str, Any]]) -> None:
+    def max_entries(map_name: str) -> int:
+        members = {m["name"]: m for m in _map_defs(btf)[map_name]["members"]}
+        arr = btf[btf[members["max_entries"]["type_id"]]["type_id"]]
+        assert arr["kind"] == "ARRAY"
+        return arr["nr_elems"]
+
+    assert max_entries("lb_rule_state") == layouts.LB_MAX_RULES
+    assert max_entries("lb_endpoints") == layouts.LB_MAX_RULES * layouts.LB_MAX_ENDPOINTS
+    assert max_entries("lb_conntrack") == layouts.LB_CT_DEFAULT_ENTRIES
+    assert max_entries("lb_dp_stats") == layouts.LB_DP_STAT_MAX
