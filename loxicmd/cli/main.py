@@ -1,0 +1,169 @@
+"""loxicmd entry point: ``loxicmd <verb> <noun> [args] [flags]``.
+
+Verbs are click groups whose sub-commands (nouns, with aliases) come from the registry in
+``loxicmd.cli.nouns`` and are imported only when used. ``RootGroup.main`` maps every failure
+to the exit statuses of cli.md: 1 agent error, 2 bad usage/input, 3 agent unreachable.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from loxicmd.cli import nouns
+from loxicmd.cli.options import global_options
+
+EXIT_OK = 0
+EXIT_AGENT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"],
+                                    "max_content_width": 100}
+
+
+class VerbGroup(click.Group):
+    """A verb (get, create, delete, ...): its commands are the nouns supporting it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [noun.name for noun in nouns.for_verb(self.name or "")]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        noun = nouns.find(cmd_name, self.name)
+        return noun.command(self.name or "") if noun else None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0]
+        cmd = self.get_command(ctx, name)
+        if cmd is None and not ctx.resilient_parsing:
+            known = "; ".join(
+                f"{n.name} ({', '.join(n.aliases)})" if n.aliases else n.name
+                for n in nouns.for_verb(self.name or "")
+            )
+            raise click.UsageError(f"unknown noun '{name}' for '{self.name}'; known: {known}",
+                                   ctx)
+        return (cmd.name if cmd else name), cmd, args[1:]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # From the registry, so that help does not import every noun module.
+        rows = []
+        for noun in nouns.for_verb(self.name or ""):
+            aliases = f" (aliases: {', '.join(noun.aliases)})" if noun.aliases else ""
+            rows.append((noun.name, noun.help + aliases))
+        if rows:
+            with formatter.section("Nouns"):
+                formatter.write_dl(rows)
+
+
+def _lower_first(text: str) -> str:
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        return text[0].lower() + text[1:]
+    return text
+
+
+def _param_hint(exc: click.BadParameter) -> str:
+    if isinstance(exc.param_hint, str):
+        return exc.param_hint
+    if exc.param_hint is not None:
+        return " / ".join(exc.param_hint)
+    param = exc.param
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    if param is not None:
+        return param.human_readable_name
+    return "argument"
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"loxicmd: {message}", err=True)
+    return code
+
+
+class RootGroup(click.Group):
+    """The top-level group; its ``main`` maps exceptions to exit statuses."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> int:
+        code = self._run(args, prog_name or "loxicmd", complete_var, **extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(self, args: Sequence[str] | None, prog_name: str, complete_var: str | None,
+             **extra: Any) -> int:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.format_message(), err=True)
+            return EXIT_USAGE
+        except click.BadParameter as exc:
+            return _fail(f"invalid value for {_param_hint(exc)}: {exc.message}", EXIT_USAGE)
+        except click.UsageError as exc:
+            code = _fail(_lower_first(exc.format_message()), EXIT_USAGE)
+            if exc.ctx is not None:
+                click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+            return code
+        except click.ClickException as exc:
+            return _fail(exc.format_message(), exc.exit_code)
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                return 130
+            return _fail("aborted", EXIT_AGENT_ERROR)
+        except Exception as exc:
+            # The client module is imported only by commands that talk to the agent; if it
+            # was never imported, none of its errors can have been raised.
+            client = sys.modules.get("loxicmd.cli.client")
+            if client is not None and isinstance(exc, client.AgentUnreachable):
+                return _fail(str(exc), EXIT_UNREACHABLE)
+            if client is not None and isinstance(exc, client.AgentRefused):
+                return _fail(str(exc), EXIT_AGENT_ERROR)
+            raise
+        return rv if isinstance(rv, int) else EXIT_OK
+
+
+@click.group(cls=RootGroup, context_settings=CONTEXT_SETTINGS)
+@global_options(root=True)
+def cli() -> None:
+    """loxicmd: command-line client of the loxilbd load-balancer agent.
+
+    \b
+    loxicmd <verb> <noun> [args] [flags]
+    Global options are accepted before the verb and after the noun.
+    Exit status: 0 done, 1 the agent refused or failed, 2 bad usage or input,
+    3 agent unreachable or timed out.
+    """
+
+
+def _verb(name: str, help_text: str) -> VerbGroup:
+    @click.group(name, cls=VerbGroup, help=help_text, context_settings=CONTEXT_SETTINGS)
+    @global_options()
+    def group() -> None:
+        pass
+
+    cli.add_command(group)
+    return group
+
+
+get = _verb("get", "Show objects (table, -o wide, -o json, -o yaml).")
+create = _verb("create", "Create objects.")
+delete = _verb("delete", "Delete objects.")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="loxicmd")
+
+
+if __name__ == "__main__":
+    main()

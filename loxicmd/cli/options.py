@@ -1,0 +1,177 @@
+"""Global options (the Go tool's cobra persistent flags) and the settings they produce.
+
+``global_options()`` adds -s/-p/--protocol/-t/-o/--token/-v to a command. The root group has
+them with their defaults and environment variables; verb groups and leaf commands have them
+without defaults, so ``loxicmd -o json get lb`` and ``loxicmd get lb -o json`` both work and
+the value given last on the command line (the leaf's) wins.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from loxicmd.cli.args import PORT
+from loxicmd.cli.render import OUTPUTS
+from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
+
+if TYPE_CHECKING:
+    from loxicmd.cli.client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_META_KEY = "loxicmd.globals"
+
+
+@dataclass(frozen=True)
+class Settings:
+    apiserver: str = DEFAULT_API_HOST
+    port: int = DEFAULT_API_PORT
+    protocol: str = "http"
+    timeout: float = 10.0
+    output: str = "table"
+    token: str | None = None
+    verbose: int = 0
+
+    def debug(self, message: str) -> None:
+        """Debug line on stderr (never stdout) when -v was given."""
+        if self.verbose:
+            print(f"loxicmd: debug: {message}", file=sys.stderr)
+
+    def client(self) -> Client:
+        from loxicmd.cli.client import Client
+
+        return Client(
+            self.apiserver,
+            self.port,
+            protocol=self.protocol,
+            timeout=self.timeout,
+            token=self.token,
+            debug=self.debug if self.verbose else None,
+        )
+
+
+# name -> (param decls, click kwargs, root default, environment variable)
+_GLOBALS: dict[str, tuple[tuple[str, ...], dict[str, Any], Any, str | None]] = {
+    "apiserver": (
+        ("-s", "--apiserver"),
+        {"metavar": "HOST", "help": "Agent address."},
+        DEFAULT_API_HOST,
+        "LOXICMD_APISERVER",
+    ),
+    "port": (
+        ("-p", "--port"),
+        {"type": PORT, "metavar": "PORT", "help": "Agent port (1..65535)."},
+        DEFAULT_API_PORT,
+        "LOXICMD_PORT",
+    ),
+    "protocol": (
+        ("--protocol",),
+        {"type": click.Choice(["http", "https"]), "help": "Agent API scheme."},
+        "http",
+        None,
+    ),
+    "timeout": (
+        ("-t", "--timeout"),
+        {"type": click.FloatRange(0, min_open=True), "metavar": "SECONDS",
+         "help": "Request timeout in seconds."},
+        10.0,
+        None,
+    ),
+    "output": (
+        ("-o", "--output"),
+        {"type": click.Choice(list(OUTPUTS)), "help": "Output format."},
+        "table",
+        None,
+    ),
+    "token": (
+        ("--token",),
+        {"metavar": "TOKEN", "help": "API token, sent as 'Authorization: Bearer <token>'."},
+        None,
+        "LOXICMD_TOKEN",
+    ),
+}
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        values = ctx.meta.setdefault(_META_KEY, {})
+        if name == "verbose":
+            values["verbose"] = values.get("verbose", 0) + (value or 0)
+        elif value is not None:
+            values[name] = value
+
+    return callback
+
+
+def global_options(*, root: bool = False, skip: Collection[str] = ()) -> Callable[[F], F]:
+    """Decorator adding the global options to a command or group.
+
+    ``root=True`` gives them defaults and environment variables (the top-level group only).
+    ``skip`` drops option strings a command uses for itself (``get ct`` keeps ``-p`` for the
+    agent port but uses ``--port`` as its own filter).
+    """
+
+    def decorate(f: F) -> F:
+        # click lists options in reverse order of decoration: -v last, the others in order.
+        f = click.option("-v", "--verbose", "verbose", count=True, expose_value=False,
+                         callback=_store("verbose"),
+                         help="Debug output on stderr (repeatable).")(f)
+        specs = list(_GLOBALS.items())
+        for name, (decls, kwargs, default, envvar) in reversed(specs):
+            kept = tuple(d for d in decls if d not in skip)
+            if not kept:
+                continue
+            extra: dict[str, Any] = {"default": None, "show_default": False}
+            if root:
+                extra = {"default": default, "show_default": default is not None,
+                         "envvar": envvar, "show_envvar": envvar is not None}
+            f = click.option(*kept, name, expose_value=False, callback=_store(name),
+                             **kwargs, **extra)(f)
+        return f
+
+    return decorate
+
+
+def settings(ctx: click.Context) -> Settings:
+    """The merged global options for this invocation."""
+    values = dict(ctx.meta.get(_META_KEY, {}))
+    return Settings(**values)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API request of a mutation; ``label`` prefixes its error message."""
+
+    label: str
+    method: str
+    path: str
+    query: dict[str, Any] | None = None
+    body: Any = None
+
+
+def perform(s: Settings, calls: Sequence[Call]) -> int:
+    """Send the calls one after another; return the worst exit status.
+
+    An agent error is printed (``loxicmd: <label>: agent error (HTTP 409): ...``) and the next
+    call still goes; an unreachable agent raises AgentUnreachable at once (exit 3).
+    With ``-o json``/``-o yaml`` each result body is printed.
+    """
+    from loxicmd.cli.client import AgentRefused
+    from loxicmd.cli.render import print_result
+
+    client = s.client()
+    worst = 0
+    for call in calls:
+        try:
+            resp = client.request(call.method, call.path, query=call.query, body=call.body)
+        except AgentRefused as exc:
+            print(f"loxicmd: {call.label}: {exc}", file=sys.stderr)
+            worst = max(worst, 1)
+            continue
+        print_result(s.output, resp.data, resp.text)
+    return worst

@@ -1,0 +1,431 @@
+"""Unit tests of loxicmd's pure parts: argument parsing, request bodies, rendering, exit codes.
+
+No agent: usage errors never reach it, and the unreachable case uses a closed port.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from loxicmd.cli import args, nouns, render
+from loxicmd.cli.args import Endpoint, PortMap, PortRange
+from loxicmd.cli.main import cli
+from loxicmd.cli.nouns import ct, lb
+
+# ---- argument parsing ---------------------------------------------------------------------
+
+
+def _msg(exc: pytest.ExceptionInfo[click.BadParameter]) -> str:
+    return exc.value.format_message()
+
+
+def test_port_maps_list_means_separate_rules() -> None:
+    assert args.parse_port_maps("80:8080,81:8081") == [PortMap(80, None, 8080),
+                                                        PortMap(81, None, 8081)]
+    assert args.parse_port_maps(["80:8080", "81-90:9090"]) == [PortMap(80, None, 8080),
+                                                                PortMap(81, 90, 9090)]
+    assert args.parse_port_maps("1:65535") == [PortMap(1, None, 65535)]
+    assert args.parse_port_maps("90-90:1") == [PortMap(90, None, 1)]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("70000:80", "port must be 1..65535"),
+        ("0:80", "port must be 1..65535"),
+        ("65536:80", "port must be 1..65535"),
+        ("abc:80", "port must be an integer 1..65535"),
+        ("80:70000", "target port must be 1..65535"),
+        ("80:0", "target port must be 1..65535"),
+        ("80:x", "target port must be an integer 1..65535"),
+        ("90-80:8080", "max port 80 is below port 90"),
+        ("80-70000:8080", "max port must be 1..65535"),
+        ("80", "expected <port>[-<max>]:<targetport>"),
+        (":80", "expected <port>[-<max>]:<targetport>"),
+        ("-1:80", "port must be an integer 1..65535"),
+    ],
+)
+def test_port_map_bad_values(value: str, why: str) -> None:
+    with pytest.raises(click.BadParameter) as exc:
+        args.parse_port_maps(f"80:80,{value}", "--tcp")
+    assert _msg(exc) == f"Invalid value for --tcp: '{value}': {why}"
+
+
+def test_port_map_empty_item() -> None:
+    with pytest.raises(click.BadParameter, match="empty item"):
+        args.parse_port_maps("80:80,,81:81", "--tcp")
+
+
+def test_delete_port_ranges() -> None:
+    assert args.parse_port_ranges("80,81-85") == [PortRange(80, None), PortRange(81, 85)]
+    assert args.parse_port_ranges("80:8080") == [PortRange(80, None)]  # create syntax accepted
+    for bad in ("0", "70000", "abc", "90-80", "80:70000"):
+        with pytest.raises(click.BadParameter, match=f"'{bad}'"):
+            args.parse_port_ranges(bad, "--tcp")
+
+
+def test_endpoints() -> None:
+    assert args.parse_endpoints("10.0.0.1:1,10.0.0.2:255") == [Endpoint("10.0.0.1", 1),
+                                                              Endpoint("10.0.0.2", 255)]
+    # split at the LAST colon, so IPv6 works with or without brackets
+    assert args.parse_endpoints(["[2001:db8::1]:5", "2001:db8::1:5"]) == [
+        Endpoint("2001:db8::1", 5), Endpoint("2001:db8::1", 5)]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("10.0.0.1:0", "weight must be 1..255"),
+        ("10.0.0.1:256", "weight must be 1..255"),
+        ("10.0.0.1:300", "weight must be 1..255"),  # must not wrap to 44
+        ("10.0.0.1:abc", "weight must be an integer 1..255"),
+        ("10.0.0.1:-1", "weight must be an integer 1..255"),
+        ("10.0.0.1", "expected <ip>:<weight> (weight 1..255)"),
+        ("10.0.0:1", "not a valid IPv4 or IPv6 endpoint address"),
+        ("2001:db8::1", "not a valid IPv4 or IPv6 endpoint address"),
+    ],
+)
+def test_endpoint_bad_values(value: str, why: str) -> None:
+    with pytest.raises(click.BadParameter) as exc:
+        args.parse_endpoints(value, "--endpoints")
+    assert _msg(exc) == f"Invalid value for --endpoints: '{value}': {why}"
+
+
+def test_ips_and_prefixes() -> None:
+    assert args.parse_ip("20.20.20.1") == "20.20.20.1"
+    assert args.parse_ip("[2001:DB8:0::1]") == "2001:db8::1"
+    assert args.parse_ips("1.1.1.1,2.2.2.2") == ["1.1.1.1", "2.2.2.2"]
+    assert args.parse_cidrs(["10.0.0.0/8", "2001:db8::/32"]) == ["10.0.0.0/8", "2001:db8::/32"]
+    for bad in ("1.2.3", "1.2.3.256", "host", ""):
+        with pytest.raises(click.BadParameter):
+            args.parse_ip(bad)
+    with pytest.raises(click.BadParameter, match="'10.0.0.0/33'"):
+        args.parse_cidrs("10.0.0.0/33")
+
+
+def test_integers_never_wrap() -> None:
+    assert args.parse_int("4294967295", "mark", 0, 2**32 - 1) == 2**32 - 1
+    with pytest.raises(click.BadParameter, match="mark must be 0..4294967295"):
+        args.parse_int("4294967296", "mark", 0, 2**32 - 1)
+    with pytest.raises(click.BadParameter, match="must be an integer"):
+        args.parse_int("1.5", "timeout", 0, 86400)
+
+
+def test_service_name() -> None:
+    assert args.parse_service_name("svc:1") == "svc:1"
+    for bad in ("", ":1", "svc:"):
+        with pytest.raises(click.BadParameter):
+            args.parse_service_name(bad)
+
+
+# ---- request bodies -----------------------------------------------------------------------
+
+
+def test_two_mappings_two_bodies() -> None:
+    bodies = lb.build_rules(
+        "20.20.20.1", ports={"tcp": args.parse_port_maps("80:8080,81:8081")},
+        endpoints=args.parse_endpoints("10.0.0.1:1,10.0.0.2:2"),
+    )
+    assert [b["serviceArguments"]["port"] for b in bodies] == [80, 81]
+    assert [[e["targetPort"] for e in b["endpoints"]] for b in bodies] == [[8080, 8080],
+                                                                          [8081, 8081]]
+    assert all("portMax" not in b["serviceArguments"] for b in bodies)
+    assert all("inactiveTimeOut" not in b["serviceArguments"] for b in bodies)
+
+
+def test_two_protocols_two_bodies() -> None:
+    bodies = lb.build_rules("20.20.20.1", ports={"tcp": [PortMap(80, None, 80)],
+                                                 "udp": [PortMap(80, None, 80)]})
+    assert [b["serviceArguments"]["protocol"] for b in bodies] == ["tcp", "udp"]
+
+
+def test_full_body() -> None:
+    (body,) = lb.build_rules(
+        "2001:db8::1", ports={"sctp": [PortMap(80, 90, 8080)]},
+        endpoints=[Endpoint("2001:db8::10", 3)], mode="fullnat", select="priority", bgp=True,
+        monitor=True, inactive_timeout=30, mark=7, name="svc:1", host="example.com",
+        sources=["10.0.0.0/8"], secips=["2001:db8::2"],
+    )
+    assert body == {
+        "serviceArguments": {
+            "externalIP": "2001:db8::1", "port": 80, "portMax": 90, "protocol": "sctp",
+            "sel": 2, "mode": 2, "bgp": True, "monitor": True, "inactiveTimeOut": 30,
+            "block": 7, "name": "svc:1", "host": "example.com",
+        },
+        "endpoints": [{"endpointIP": "2001:db8::10", "targetPort": 8080, "weight": 3}],
+        "secondaryIPs": [{"secondaryIP": "2001:db8::2"}],
+        "allowedSources": [{"prefix": "10.0.0.0/8"}],
+    }
+
+
+def test_icmp_body() -> None:
+    (body,) = lb.build_rules("20.20.20.1", ports={}, icmp=True)
+    assert body["serviceArguments"]["protocol"] == "icmp"
+    assert body["serviceArguments"]["port"] == 0
+
+
+def test_unknown_mode_and_select_rejected() -> None:
+    with pytest.raises(click.BadParameter) as exc:
+        lb.build_rules("1.1.1.1", ports={"tcp": [PortMap(80, None, 80)]}, mode="nat")
+    assert "--mode: 'nat'" in _msg(exc) and "hostonearm" in _msg(exc)
+    with pytest.raises(click.BadParameter) as exc:
+        lb.build_rules("1.1.1.1", ports={"tcp": [PortMap(80, None, 80)]}, select="random")
+    assert "--select: 'random'" in _msg(exc) and "persist" in _msg(exc)
+
+
+def test_delete_paths() -> None:
+    calls = lb.delete_calls("20.20.20.1", ports={"tcp": [PortRange(80, None), PortRange(81, 85)]},
+                            icmp=True, bgp=True, mark=5)
+    assert [c.path for c in calls] == [
+        "/config/loadbalancer/externalipaddress/20.20.20.1/port/80/protocol/tcp",
+        "/config/loadbalancer/externalipaddress/20.20.20.1/port/81/portmax/85/protocol/tcp",
+        "/config/loadbalancer/externalipaddress/20.20.20.1/port/0/protocol/icmp",
+    ]
+    assert all(c.method == "DELETE" and c.query == {"bgp": True, "block": 5} for c in calls)
+    (hosted,) = lb.delete_calls("2001:db8::1", ports={"udp": [PortRange(53, None)]},
+                                host="a.example")
+    assert hosted.path == ("/config/loadbalancer/hosturl/a.example/externalipaddress/"
+                           "2001:db8::1/port/53/protocol/udp")
+    assert hosted.query is None
+    assert lb.path_name("svc 1/x") == "/config/loadbalancer/name/svc%201%2Fx"
+
+
+def test_ct_filters() -> None:
+    assert ct.filters("svc", None, 80, None, 10) == {"servName": "svc", "port": 80, "limit": 10}
+
+
+# ---- rendering ----------------------------------------------------------------------------
+
+
+def _rule(ip: str, port: int, eps: list[dict[str, Any]] | None = None, **sa: Any) -> dict:
+    args_ = {"externalIP": ip, "port": port, "protocol": "tcp", "sel": 0, "mode": 0,
+             "monitor": False, "inactiveTimeOut": 240, "block": 0, "name": ""}
+    args_.update(sa)
+    return {"serviceArguments": args_, "endpoints": eps or [], "secondaryIPs": [],
+            "allowedSources": []}
+
+
+def _ep(ip: str, state: str = "active", weight: int = 1) -> dict[str, Any]:
+    return {"endpointIP": ip, "targetPort": 8080, "weight": weight, "state": state,
+            "counter": "10:1000"}
+
+
+def _table(rows: Any, columns: Any, output: str = "table", raw: Any = None) -> str:
+    out = io.StringIO()
+    render.render(rows, columns, output, raw, out=out, tty=False)
+    return out.getvalue()
+
+
+def test_pipe_table_exact() -> None:
+    body = {"lbAttr": [
+        _rule("198.18.0.10", 80, [_ep("10.0.0.1")], sel=1, mode=2, name="web",
+              monitor=True),
+        _rule("198.18.0.9", 8080, [], portMax=8090, inactiveTimeOut=30, block=5),
+    ]}
+    text = _table(lb.sorted_rules(body), lb.COLUMNS)
+    assert text == (
+        "| EXT IP      | PORT      | PROTO | NAME | MARK | SEL  | MODE    | # OF ENDPOINTS "
+        "| TIMEOUT | MONITOR |\n"
+        "|-------------|-----------|-------|------|------|------|---------|----------------"
+        "|---------|---------|\n"
+        "| 198.18.0.9  | 8080-8090 | tcp   |      | 5    | rr   | default | 0              "
+        "| 30      | Off     |\n"
+        "| 198.18.0.10 | 80        | tcp   | web  | 0    | hash | fullnat | 1              "
+        "| 240     | On      |\n"
+    )
+    assert "\x1b" not in text and not text.endswith("\n\n")
+
+
+def test_empty_table_has_header_only() -> None:
+    assert _table(lb.sorted_rules({"lbAttr": []}), lb.COLUMNS).count("\n") == 2
+
+
+def test_numeric_ip_sort() -> None:
+    rules = [_rule(ip, port) for ip, port in [
+        ("2001:db8::1", 80), ("198.18.0.10", 80), ("198.18.0.9", 81), ("198.18.0.9", 80),
+        ("10.0.0.1", 443), ("::1", 1),
+    ]]
+    order = [(r["serviceArguments"]["externalIP"], r["serviceArguments"]["port"])
+             for r in lb.sorted_rules({"lbAttr": rules})]
+    assert order == [("10.0.0.1", 443), ("198.18.0.9", 80), ("198.18.0.9", 81),
+                     ("198.18.0.10", 80), ("::1", 1), ("2001:db8::1", 80)]
+
+
+def _cells(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()[2:]]
+
+
+def test_wide_continuation_rows_and_rules_without_endpoints() -> None:
+    rules = lb.sorted_rules({"lbAttr": [
+        _rule("20.20.20.1", 80, [_ep("10.0.0.1"), _ep("10.0.0.2", "inactive", 2)],
+              monitor=True),
+        _rule("20.20.20.2", 80, []),
+        _rule("20.20.20.3", 80, [_ep("10.0.0.3")]),  # not monitored -> STATE '-'
+    ]})
+    rules[0]["allowedSources"] = [{"prefix": "10.0.0.0/8"}, {"prefix": "192.168.0.0/16"}]
+    rules[0]["secondaryIPs"] = [{"secondaryIP": "20.20.20.9"}]
+    text = _table(lb.wide_rows(rules), lb.WIDE_COLUMNS, "wide")
+    header = [c.strip() for c in text.splitlines()[0].split("|")[1:-1]]
+    assert header == ["EXT IP", "SEC IPS", "SOURCES", "HOST", "PORT", "PROTO", "NAME", "MARK",
+                      "SEL", "MODE", "ENDPOINT", "EPORT", "WEIGHT", "STATE", "COUNTERS"]
+    rows = _cells(text)
+    assert rows == [
+        ["20.20.20.1", "20.20.20.9", "10.0.0.0/8,192.168.0.0/16", "", "80", "tcp", "", "0",
+         "rr", "default", "10.0.0.1", "8080", "1", "active", "10:1000"],
+        ["", "", "", "", "", "", "", "", "", "", "10.0.0.2", "8080", "2", "inactive", "10:1000"],
+        ["20.20.20.2", "", "", "", "80", "tcp", "", "0", "rr", "default", "", "", "", "", ""],
+        ["20.20.20.3", "", "", "", "80", "tcp", "", "0", "rr", "default", "10.0.0.3", "8080",
+         "1", "-", "10:1000"],
+    ]
+
+
+def test_json_passthrough_keeps_unknown_fields() -> None:
+    body = {"lbAttr": [_rule("1.1.1.1", 80)], "futureField": {"x": [1, 2]}}
+    body["lbAttr"][0]["serviceArguments"]["snat"] = True
+    out = _table(lb.sorted_rules(body), lb.COLUMNS, "json", body)
+    assert json.loads(out) == body
+
+
+def test_yaml() -> None:
+    body = {"ctAttr": [{"servName": "s", "destinationIP": "1.1.1.1", "extra": 1}]}
+    out = _table(ct.sorted_entries(body), ct.COLUMNS, "yaml", body)
+    assert yaml.safe_load(out) == body
+    assert not out.endswith("\n\n")
+
+
+def test_ct_columns() -> None:
+    entry = {"servName": "web", "destinationIP": "20.20.20.1", "sourceIP": "10.0.0.1",
+             "destinationPort": 80, "sourcePort": 40000, "protocol": "tcp", "ident": 0,
+             "conntrackState": "est", "conntrackAct": "dnat-10.0.0.2:8080:w1", "packets": 3,
+             "bytes": 180}
+    text = _table(ct.sorted_entries({"ctAttr": [entry]}), ct.COLUMNS)
+    assert text.splitlines()[0] == ("| SERVICE NAME | DESTIP     | SRCIP    | DPORT | SPORT "
+                                     "| PROTO | IDENT | STATE | ACT                   "
+                                     "| PACKETS | BYTES |")
+    assert _cells(text) == [["web", "20.20.20.1", "10.0.0.1", "80", "40000", "tcp", "0",
+                             "est", "dnat-10.0.0.2:8080:w1", "3", "180"]]
+
+
+def test_state_colours() -> None:
+    assert render.state_style("est") == "green"
+    assert render.state_style("inactive") == "red"
+    assert render.state_style("sync-sent") == "yellow"
+    assert render.state_style("-") is None
+
+
+def test_rich_table_on_terminal() -> None:
+    pytest.importorskip("rich")
+    out = io.StringIO()
+    render.render([{"a": "x", "s": "est"}], [render.Column("A", "a"),
+                                             render.Column("STATE", "s", state=True)],
+                  "table", None, out=out, tty=True)
+    assert "STATE" in out.getvalue() and "est" in out.getvalue()
+
+
+# ---- registry -----------------------------------------------------------------------------
+
+
+def test_registry_matches_modules() -> None:
+    for noun in nouns.NOUNS:
+        for verb in noun.verbs:
+            assert isinstance(noun.command(verb), click.Command)
+    assert nouns.find("lbs", "get") is nouns.find("loadbalancer", "create")
+    assert nouns.find("ct", "delete") is None
+
+
+# ---- CLI usage errors (never reach the agent) ---------------------------------------------
+
+
+def _run(*argv: str) -> Any:
+    return CliRunner().invoke(cli, list(argv), env={"LOXICMD_PORT": "1"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["create", "lb", "1.1.1.1", "--tcp=70000:80"],
+         "invalid value for --tcp: '70000:80': port must be 1..65535"),
+        (["create", "lb", "1.1.1.1", "--udp=80:80", "--endpoints=10.0.0.1:300"],
+         "invalid value for --endpoints: '10.0.0.1:300': weight must be 1..255"),
+        (["create", "lb", "1.1.1.1", "--tcp=80:80", "--mode=nat"], "--mode: 'nat'"),
+        (["create", "lb", "1.1.1.1", "--tcp=80:80", "--select=random"], "--select: 'random'"),
+        (["create", "lb", "1.1.1", "--tcp=80:80"], "EXTERNAL-IP: '1.1.1'"),
+        (["create", "lb", "1.1.1.1"], "--tcp, --udp, --sctp, --icmp"),
+        (["create", "lb", "1.1.1.1", "--tcp=80:80", "--mark=-1"], "--mark: '-1'"),
+        (["delete", "lb", "1.1.1.1", "--tcp=0"], "--tcp: '0'"),
+        (["delete", "lb", "--tcp=80"], "EXTERNAL-IP"),
+        (["get", "lb", "-p", "70000"], "--port: '70000'"),
+        (["get", "lb", "-o", "xml"], "--output: 'xml'"),
+        (["get", "nosuch"], "unknown noun 'nosuch'"),
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], expected: str) -> None:
+    result = _run(*argv)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert result.stdout == ""
+
+
+def test_mode_error_lists_allowed() -> None:
+    result = _run("create", "lb", "1.1.1.1", "--tcp=80:80", "--mode=nat")
+    for mode in ("default", "onearm", "fullnat", "dsr", "fullproxy", "hostonearm"):
+        assert mode in result.stderr
+
+
+def test_delete_all_needs_yes_without_terminal() -> None:
+    result = _run("delete", "lb", "--all")
+    assert result.exit_code == 2
+    assert "--yes" in result.stderr
+
+
+def test_global_options_before_and_after() -> None:
+    for argv in (["-o", "nope", "get", "lb"], ["get", "-o", "nope", "lb"],
+                 ["get", "lb", "-o", "nope"]):
+        result = _run(*argv)
+        assert result.exit_code == 2 and "--output: 'nope'" in result.stderr
+
+
+def test_help_exits_0() -> None:
+    for argv in (["--help"], ["get", "--help"], ["get", "lbs", "--help"],
+                 ["create", "loadbalancer", "--help"], ["get", "cts", "--help"]):
+        assert _run(*argv).exit_code == 0
+
+
+# ---- unreachable agent (real process) -----------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _loxicmd() -> list[str]:
+    exe = shutil.which("loxicmd")
+    return [exe] if exe else [sys.executable, "-m", "loxicmd.cli.main"]
+
+
+@pytest.mark.parametrize("argv", [["get", "lb"], ["get", "ct"],
+                                  ["create", "lb", "20.20.20.1", "--tcp=80:8080"],
+                                  ["delete", "lb", "20.20.20.1", "--tcp=80"]])
+def test_unreachable_agent_exit_3(argv: list[str]) -> None:
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOXICMD_")}
+    proc = subprocess.run([*_loxicmd(), *argv, "-p", str(port), "-t", "2"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 3, proc.stderr
+    assert f"http://127.0.0.1:{port}" in proc.stderr
+    assert proc.stderr.startswith("loxicmd: cannot reach the agent at")
+    assert proc.stdout == ""
