@@ -65,11 +65,7 @@ class HttpHandler:
         except (ConnectionError, OSError) as exc:
             log(f"http: {exc!r}")
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+            await close_writer(writer)
 
 
 class UdpResponder(asyncio.DatagramProtocol):
@@ -102,11 +98,15 @@ async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     except (ConnectionError, OSError) as exc:
         log(f"echo: {exc!r}")
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
+        await close_writer(writer)
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, OSError):
+        pass
 
 
 async def serve(args: argparse.Namespace) -> int:
