@@ -4,3 +4,4 @@ from pathlib import Path
 
 OBJECT_PATH = Path(__file__).with_name("lb_kern.o")
 PROGRAM_NAME = "lb_ingress"
+SWEEP_PROGRAM_NAME = "lb_sweep"

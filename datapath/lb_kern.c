@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
-/* The load-balancer datapath: one TC (clsact) ingress program.
+/* The load-balancer datapath.
  *
- * parse -> conntrack lookup -> (miss) service lookup + endpoint selection +
- * conntrack create -> NAT rewrite -> counters -> TC_ACT_OK (the kernel
- * routes the rewritten packet). Anything that is not ours passes untouched.
+ * lb_ingress, on TC (clsact) ingress: parse -> conntrack lookup -> (miss)
+ * service lookup, allow-list, endpoint selection, conntrack create -> NAT
+ * rewrite -> counters -> TC_ACT_OK (the kernel routes the rewritten packet).
+ * Anything that is not ours passes untouched.
+ *
+ * lb_sweep, run by the agent through BPF_PROG_TEST_RUN: walks conntrack to
+ * expire idle flows, or to end the flows of a deleted rule or removed
+ * endpoint, so that expiry costs nothing per packet.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include "include/lb_types.h"
 #include "include/lb_maps.h"
 #include "include/parse.h"
@@ -26,10 +32,41 @@ static __always_inline int lb_drop(__u32 reason, __u32 len)
 
 static __always_inline void lb_count_flow(const struct lb_ct_entry *ct, __u32 len)
 {
-	if (ct->rule_id < LB_MAX_RULES) {
-		lb_count(&lb_rule_stats, ct->rule_id, len);
-		lb_count(&lb_ep_stats, ct->ep_slot, len);
+	lb_count(&lb_rule_stats, ct->rule_id, len);
+	lb_count(&lb_ep_stats, ct->ep_slot, len);
+}
+
+static __always_inline struct lb_svc *lb_find_service(const struct lb_pkt *pkt, __u32 mark)
+{
+	struct lb_svc_key key = {
+		.vip = pkt->tuple.daddr,
+		.port = pkt->tuple.proto == IPPROTO_ICMP ? 0 : pkt->tuple.dport,
+		.proto = pkt->tuple.proto,
+		.mark = mark,
+	};
+	struct lb_svc *svc;
+
+	if (pkt->tuple.proto == IPPROTO_ICMP && pkt->icmp_type != LB_ICMP_ECHO)
+		return NULL;
+	svc = bpf_map_lookup_elem(&lb_services, &key);
+	/* A rule with a mark (`block`) serves only packets carrying that mark;
+	 * unmarked rules serve the rest. */
+	if (!svc && key.mark) {
+		key.mark = 0;
+		svc = bpf_map_lookup_elem(&lb_services, &key);
 	}
+	return svc;
+}
+
+static __always_inline int lb_source_allowed(const struct lb_svc *svc, __be32 saddr)
+{
+	struct lb_allow_key key = {
+		.prefixlen = 64,
+		.rule_id = bpf_htonl(svc->rule_id),
+		.addr = saddr,
+	};
+
+	return !(svc->flags & LB_SVC_F_ALLOWLIST) || bpf_map_lookup_elem(&lb_allow, &key);
 }
 
 SEC("tc")
@@ -51,46 +88,112 @@ int lb_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	if (res == LB_PARSE_MALFORMED) {
-		/* Only packets aimed at a service are ours to judge; anything else
-		 * is the node's business. The tuple is unknown here, so count it
-		 * and let the stack (which validates too) decide. */
+		/* The tuple is unknown, so whether it was aimed at a service is
+		 * too: count it and leave the verdict to the stack, which
+		 * validates headers as well. */
 		lb_count(&lb_dp_stats, LB_DROP_MALFORMED, skb->len);
 		return TC_ACT_OK;
 	}
 
 	now = bpf_ktime_get_ns();
 	ct = bpf_map_lookup_elem(&lb_conntrack, &pkt.tuple);
-	if (!ct || lb_ct_is_reopen(ct, &pkt)) {
-		struct lb_svc_key key = {
-			.vip = pkt.tuple.daddr,
-			.port = pkt.tuple.dport,
-			.proto = pkt.tuple.proto,
-			.mark = skb->mark,
-		};
-		struct lb_svc *svc = bpf_map_lookup_elem(&lb_services, &key);
-		struct lb_endpoint *ep;
+	if (ct && ct->dir == LB_CT_DIR_REPLY && lb_ct_idle(ct, now)) {
+		struct lb_ct_key orig_key = ct->peer;
+		struct lb_ct_entry *orig = bpf_map_lookup_elem(&lb_conntrack, &orig_key);
 
-		/* A rule with a mark (`block`) serves only packets carrying that
-		 * mark; unmarked rules serve the rest. */
-		if (!svc && key.mark) {
-			key.mark = 0;
-			svc = bpf_map_lookup_elem(&lb_services, &key);
-		}
+		if (orig)
+			lb_ct_end(&orig_key, orig, LB_REASON_TIMEOUT, now);
+		else
+			bpf_map_delete_elem(&lb_conntrack, &pkt.tuple);
+		return TC_ACT_OK;
+	}
+	if (ct && ct->dir == LB_CT_DIR_ORIGINAL && (lb_ct_idle(ct, now) || lb_ct_is_reopen(ct, &pkt))) {
+		lb_ct_end(&pkt.tuple, ct, LB_REASON_TIMEOUT, now);
+		ct = NULL;
+	}
+	if (!ct) {
+		struct lb_svc *svc = lb_find_service(&pkt, skb->mark);
+		struct lb_endpoint *ep;
+		__u32 slot, reason = 0;
+
 		if (!svc)
 			return TC_ACT_OK;
-		ep = lb_select(svc);
+		if (!lb_source_allowed(svc, pkt.tuple.saddr))
+			return lb_drop(LB_DROP_SOURCE, skb->len);
+		slot = lb_select(svc, &pkt, now);
+		ep = slot == LB_NO_SLOT ? NULL : bpf_map_lookup_elem(&lb_endpoints, &slot);
 		if (!ep)
 			return lb_drop(LB_DROP_NO_ENDPOINT, skb->len);
-		ct = lb_ct_create_dnat(&pkt, svc, ep, now);
+		ct = lb_ct_create(&pkt, svc, slot, ep, now, &reason);
 		if (!ct)
-			return lb_drop(LB_DROP_REWRITE, skb->len);
+			return lb_drop(reason, skb->len);
 	}
 
-	lb_ct_update(ct, &pkt, now);
+	lb_ct_update(&pkt.tuple, ct, &pkt, now);
 	lb_count_flow(ct, skb->len);
 	if (lb_apply_xlate(skb, &pkt, ct))
 		return lb_drop(LB_DROP_REWRITE, skb->len);
 	return TC_ACT_OK;
 }
+
+struct lb_sweep_ctx {
+	__u64 now;
+	__u32 mode;
+	__u32 target;
+	__u32 ended;
+};
+
+static long lb_sweep_one(void *map, struct lb_ct_key *key, struct lb_ct_entry *ct,
+			 struct lb_sweep_ctx *sc)
+{
+	if (ct->dir == LB_CT_DIR_REPLY) {
+		/* A reply entry whose flow is gone (the LRU evicted the original
+		 * entry) is removed once idle. */
+		if (lb_ct_idle(ct, sc->now) && !bpf_map_lookup_elem(&lb_conntrack, &ct->peer))
+			bpf_map_delete_elem(&lb_conntrack, key);
+		return 0;
+	}
+	switch (sc->mode) {
+	case LB_SWEEP_IDLE:
+		if (!lb_ct_idle(ct, sc->now))
+			return 0;
+		lb_ct_end(key, ct, LB_REASON_TIMEOUT, sc->now);
+		break;
+	case LB_SWEEP_RULE:
+		if (ct->rule_id != sc->target)
+			return 0;
+		lb_ct_end(key, ct, LB_REASON_RULE_DELETED, sc->now);
+		break;
+	case LB_SWEEP_ENDPOINT:
+		if (ct->ep_slot != sc->target)
+			return 0;
+		lb_ct_end(key, ct, LB_REASON_EP_REMOVED, sc->now);
+		break;
+	default:
+		return 1;
+	}
+	sc->ended++;
+	return 0;
+}
+
+/* cb[0]: LB_SWEEP_* mode, cb[1]: its target (rule id or endpoint slot).
+ * Returns the number of flows ended. */
+SEC("tc")
+int lb_sweep(struct __sk_buff *skb)
+{
+	struct lb_sweep_ctx sc = {
+		.now = bpf_ktime_get_ns(),
+		.mode = skb->cb[0],
+		.target = skb->cb[1],
+	};
+
+	bpf_for_each_map_elem(&lb_conntrack, lb_sweep_one, &sc, 0);
+	return sc.ended;
+}
+
+/* The agent reads struct lb_event from the ring buffer, which has no value
+ * type; this global makes clang emit its BTF so tests can check the Python
+ * mirror against it. */
+struct lb_event lb_event_btf_anchor __attribute__((unused));
 
 char LICENSE[] SEC("license") = "GPL";

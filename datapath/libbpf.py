@@ -16,7 +16,7 @@ import errno as errno_mod
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
+
+BPF_MAP_TYPE_ARRAY = 2
 
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
@@ -148,6 +150,7 @@ _sig("bpf_program__fd", _int, _vp)
 _sig("bpf_map__fd", _int, _vp)
 _sig("bpf_map__name", _cp, _vp)
 _sig("bpf_map__type", _int, _vp)
+_sig("bpf_map__is_internal", ctypes.c_bool, _vp)
 _sig("bpf_map__key_size", _u32, _vp)
 _sig("bpf_map__value_size", _u32, _vp)
 _sig("bpf_map__max_entries", _u32, _vp)
@@ -167,7 +170,17 @@ _sig(
     "bpf_map_lookup_batch", _int, _int, _vp, _vp, _vp, _vp,
     ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(_BatchOpts),
 )
+_sig(
+    "bpf_map_update_batch", _int, _int, _vp, _vp,
+    ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(_BatchOpts),
+)
+_sig("bpf_map_create", _int, _int, _cp, _u32, _u32, _u32, _vp)
 _sig("bpf_prog_test_run_opts", _int, _int, ctypes.POINTER(_TestRunOpts))
+_RB_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_sig("ring_buffer__new", _vp, _int, _RB_CB, _vp, _vp)
+_sig("ring_buffer__poll", _int, _vp, _int)
+_sig("ring_buffer__consume", _int, _vp)
+_sig("ring_buffer__free", None, _vp)
 _sig("libbpf_num_possible_cpus", _int)
 
 
@@ -189,29 +202,60 @@ def num_possible_cpus() -> int:
 
 
 class BpfMap:
-    """A loaded map: typed lookups with the ctypes layouts of datapath.layouts."""
+    """A map: typed lookups with the ctypes layouts of datapath.layouts."""
 
-    def __init__(self, handle: int, key_type: type, value_type: type) -> None:
-        self._handle = handle
-        self.name: str = _lib.bpf_map__name(handle).decode()
-        self.fd: int = _lib.bpf_map__fd(handle)
+    def __init__(self, fd: int, name: str, key_type: type | None, value_type: type | None,
+                 *, percpu: bool = False, max_entries: int = 0, owned: bool = False) -> None:
+        self.fd = fd
+        self.name = name
         self.key_type = key_type
         self.value_type = value_type
-        self.max_entries: int = _lib.bpf_map__max_entries(handle)
-        self.percpu = _lib.bpf_map__type(handle) in _PERCPU_MAP_TYPES
-        self.ncpus = num_possible_cpus() if self.percpu else 1
-        for what, ctype, size in (
-            ("key", key_type, _lib.bpf_map__key_size(handle)),
-            ("value", value_type, _lib.bpf_map__value_size(handle)),
-        ):
-            if ctypes.sizeof(ctype) != size:
-                raise LibbpfError(
-                    errno_mod.EINVAL,
-                    f"map {self.name}: {what} is {size} bytes in the object, "
-                    f"{ctypes.sizeof(ctype)} in {ctype.__name__}",
-                )
+        self.max_entries = max_entries
+        self.percpu = percpu
+        self.ncpus = num_possible_cpus() if percpu else 1
+        self._owned = owned  # a map we created ourselves: close its fd with us
         # per-CPU values are laid out at 8-byte strides
-        self._stride = (ctypes.sizeof(value_type) + 7) & ~7
+        self._stride = (ctypes.sizeof(value_type) + 7) & ~7 if value_type else 0
+
+    @classmethod
+    def from_object(cls, handle: int, key_type: type | None, value_type: type | None) -> BpfMap:
+        name = _lib.bpf_map__name(handle).decode()
+        if key_type is not None and value_type is not None:
+            for what, ctype, size in (
+                ("key", key_type, _lib.bpf_map__key_size(handle)),
+                ("value", value_type, _lib.bpf_map__value_size(handle)),
+            ):
+                if ctypes.sizeof(ctype) != size:
+                    raise LibbpfError(
+                        errno_mod.EINVAL,
+                        f"map {name}: {what} is {size} bytes in the object, "
+                        f"{ctypes.sizeof(ctype)} in {ctype.__name__}",
+                    )
+        return cls(_lib.bpf_map__fd(handle), name, key_type, value_type,
+                   percpu=_lib.bpf_map__type(handle) in _PERCPU_MAP_TYPES,
+                   max_entries=_lib.bpf_map__max_entries(handle))
+
+    @classmethod
+    def create_array(cls, name: str, value_type: type, max_entries: int) -> BpfMap:
+        """A new BPF_MAP_TYPE_ARRAY (e.g. an inner map of a map-in-map)."""
+        fd = _check(_lib.bpf_map_create(BPF_MAP_TYPE_ARRAY, name.encode()[:15], 4,
+                                        ctypes.sizeof(value_type), max_entries, None),
+                    f"create map {name}")
+        return cls(fd, name, ctypes.c_uint32, value_type, max_entries=max_entries, owned=True)
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def update_batch(self, keys: ctypes.Array[Any], values: ctypes.Array[Any]) -> None:
+        """Write many entries in one syscall (BPF_MAP_UPDATE_BATCH)."""
+        count = ctypes.c_uint32(len(keys))
+        opts = _BatchOpts(sz=ctypes.sizeof(_BatchOpts))
+        _check(_lib.bpf_map_update_batch(self.fd, ctypes.addressof(keys),
+                                         ctypes.addressof(values), ctypes.byref(count),
+                                         ctypes.byref(opts)),
+               f"batch update {self.name}")
 
     def _value_buffer(self) -> ctypes.Array[ctypes.c_char]:
         return ctypes.create_string_buffer(self._stride * self.ncpus)
@@ -265,29 +309,43 @@ class BpfMap:
 
     def items(self, batch: int = 4096) -> Iterator[tuple[Any, Any]]:
         """All entries, read with BPF_MAP_LOOKUP_BATCH (one syscall per `batch`)."""
-        key_size = ctypes.sizeof(self.key_type)
-        keys = (self.key_type * batch)()
-        values = ctypes.create_string_buffer(self._stride * self.ncpus * batch)
-        token_in = ctypes.create_string_buffer(max(key_size, 8))
-        token_out = ctypes.create_string_buffer(max(key_size, 8))
-        opts = _BatchOpts(sz=ctypes.sizeof(_BatchOpts))
-        first = True
+        token: bytes | None = None
         while True:
-            count = ctypes.c_uint32(batch)
-            ret = _lib.bpf_map_lookup_batch(
-                self.fd, None if first else ctypes.addressof(token_in),
-                ctypes.addressof(token_out), ctypes.addressof(keys),
-                ctypes.addressof(values), ctypes.byref(count), ctypes.byref(opts))
-            done = ret < 0 and _errno_of(ret) == errno_mod.ENOENT
-            if ret < 0 and not done:
-                _check(ret, f"batch lookup {self.name}")
-            for i in range(count.value):
-                yield (self.key_type.from_buffer_copy(keys[i]),
-                       self._decode_value(values, i * self._stride * self.ncpus))
-            if done:
+            page, token = self.page(token, batch)
+            yield from page
+            if token is None:
                 return
-            ctypes.memmove(token_in, token_out, len(token_out))
-            first = False
+
+    @property
+    def token_size(self) -> int:
+        """Size of the resume token of batch lookups (hash maps use a bucket index)."""
+        return max(ctypes.sizeof(self.key_type), 8)
+
+    def page(self, token: bytes | None, count: int) -> tuple[list[tuple[Any, Any]], bytes | None]:
+        """Up to `count` entries (whole hash buckets) from where `token` left
+        off, and the token to resume from (None at the end). Entries added or
+        removed meanwhile are seen or not, but none is seen twice."""
+        if token is not None and len(token) != self.token_size:
+            raise ValueError(f"a resume token of {self.name} is {self.token_size} bytes")
+        keys = (self.key_type * count)()
+        values = ctypes.create_string_buffer(self._stride * self.ncpus * count)
+        token_in = ctypes.create_string_buffer(token or b"", self.token_size)
+        token_out = ctypes.create_string_buffer(self.token_size)
+        opts = _BatchOpts(sz=ctypes.sizeof(_BatchOpts))
+        got = ctypes.c_uint32(count)
+        ret = _lib.bpf_map_lookup_batch(
+            self.fd, None if token is None else ctypes.addressof(token_in),
+            ctypes.addressof(token_out), ctypes.addressof(keys),
+            ctypes.addressof(values), ctypes.byref(got), ctypes.byref(opts))
+        err = _errno_of(ret) if ret < 0 else 0
+        if err == errno_mod.ENOSPC and got.value == 0:  # a bucket larger than count
+            return self.page(token, count * 2)
+        if err not in (0, errno_mod.ENOENT):
+            _check(ret, f"batch lookup {self.name}")
+        items = [(self.key_type.from_buffer_copy(keys[i]),
+                  self._decode_value(values, i * self._stride * self.ncpus))
+                 for i in range(got.value)]
+        return items, None if err == errno_mod.ENOENT else token_out.raw
 
     def _key(self, key: Any) -> Any:
         return self.key_type(key) if isinstance(key, int) else key
@@ -330,7 +388,7 @@ class BpfObject:
             ret = _lib.bpf_object__load(handle)
             if ret < 0:
                 raise LibbpfError(_errno_of(ret), f"load {path}", _take_log())
-            self.maps = {name: BpfMap(self._map_handle(name), *types)
+            self.maps = {name: BpfMap.from_object(self._map_handle(name), *types)
                          for name, types in map_types.items()}
         except BaseException:
             self.close()
@@ -352,8 +410,8 @@ class BpfObject:
             if name in max_entries:
                 _check(_lib.bpf_map__set_max_entries(handle, max_entries[name]),
                        f"resize {name}")
-            # .rodata/.bss and friends are private to the program
-            if pin_dir and not name.startswith("."):
+            # .bss/.rodata and friends are private to each loaded program
+            if pin_dir and not _lib.bpf_map__is_internal(handle):
                 _check(_lib.bpf_map__set_pin_path(handle, f"{pin_dir}/{name}".encode()),
                        f"pin path for {name}")
             handle = _lib.bpf_object__next_map(self._handle, handle)
@@ -420,18 +478,62 @@ def tc_detach(ifindex: int, *, handle: int = 1, priority: int = 1,
     return True
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> ProgTestRunResult:
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1,
+                  ctx: bytes | None = None) -> ProgTestRunResult:
     """BPF_PROG_TEST_RUN: the verdict, the frame as the program left it, and
-    the kernel's average duration per run."""
+    the kernel's average duration per run. `ctx` is the program's context in
+    (for TC programs, the leading bytes of a struct __sk_buff)."""
     data_in = ctypes.create_string_buffer(data, len(data))
     data_out = ctypes.create_string_buffer(len(data) + 512)
+    ctx_in = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
     opts = _TestRunOpts(
         sz=ctypes.sizeof(_TestRunOpts),
         data_in=ctypes.addressof(data_in),
         data_out=ctypes.addressof(data_out),
         data_size_in=len(data),
         data_size_out=len(data_out),
+        ctx_in=ctypes.addressof(ctx_in) if ctx_in is not None else None,
+        ctx_size_in=len(ctx) if ctx else 0,
         repeat=repeat,
     )
     _check(_lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test run")
     return ProgTestRunResult(opts.retval, data_out.raw[: opts.data_size_out], opts.duration)
+
+
+class RingBuffer:
+    """Consumer of a BPF_MAP_TYPE_RINGBUF: `poll` calls `handler` with each
+    record's bytes. Not thread-safe: poll from one thread."""
+
+    def __init__(self, map_fd: int, handler: Callable[[bytes], None]) -> None:
+        self._handler = handler
+        self._error: BaseException | None = None
+
+        def on_record(_ctx: int, data: int, size: int) -> int:
+            try:
+                handler(ctypes.string_at(data, size))
+            except BaseException as exc:  # noqa: BLE001 (re-raised from poll)
+                self._error = exc
+                return -1
+            return 0
+
+        self._callback = _RB_CB(on_record)  # keep a reference for libbpf
+        ptr = _lib.ring_buffer__new(map_fd, self._callback, None, None)
+        if not ptr:
+            raise LibbpfError(ctypes.get_errno() or errno_mod.EINVAL, "ring_buffer__new")
+        self._rb: int | None = ptr
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for records and handle them; returns how many."""
+        assert self._rb is not None
+        ret = _lib.ring_buffer__poll(self._rb, timeout_ms)
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if ret < 0 and _errno_of(ret) == errno_mod.EINTR:
+            return 0
+        return _check(ret, "ring_buffer__poll")
+
+    def close(self) -> None:
+        if self._rb:
+            _lib.ring_buffer__free(self._rb)
+            self._rb = None

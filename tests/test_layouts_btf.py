@@ -75,19 +75,32 @@ def _pointee_size_and_name(btf: dict[int, dict[str, Any]], member: dict[str, Any
     return t["size"], t.get("name", "")
 
 
+def _check_key_value(btf: dict[int, dict[str, Any]], name: str, members: dict[str, Any],
+                     key_type: type, value_type: type) -> None:
+    key_size, key_name = _pointee_size_and_name(btf, members["key"])
+    value_size, value_name = _pointee_size_and_name(btf, members["value"])
+    assert key_size == ctypes.sizeof(key_type), f"{name} key size"
+    assert value_size == ctypes.sizeof(value_type), f"{name} value size"
+    if issubclass(value_type, ctypes.Structure):
+        assert layouts.STRUCTS[value_name] is value_type, f"{name} value type"
+    if issubclass(key_type, ctypes.Structure):
+        assert layouts.STRUCTS[key_name] is key_type, f"{name} key type"
+
+
 def test_every_map_has_the_declared_key_and_value(btf: dict[int, dict[str, Any]]) -> None:
     defs = _map_defs(btf)
     assert set(defs) == set(layouts.MAPS), "maps in the object vs datapath.layouts.MAPS"
     for name, (key_type, value_type) in layouts.MAPS.items():
         members = {m["name"]: m for m in defs[name]["members"]}
-        key_size, key_name = _pointee_size_and_name(btf, members["key"])
-        value_size, value_name = _pointee_size_and_name(btf, members["value"])
-        assert key_size == ctypes.sizeof(key_type), f"{name} key size"
-        assert value_size == ctypes.sizeof(value_type), f"{name} value size"
-        if issubclass(value_type, ctypes.Structure):
-            assert layouts.STRUCTS[value_name] is value_type, f"{name} value type"
-        if issubclass(key_type, ctypes.Structure):
-            assert layouts.STRUCTS[key_name] is key_type, f"{name} key type"
+        if key_type is None:  # ring buffer: no key or value
+            assert "key" not in members and "value" not in members, name
+        elif "values" in members:  # map of maps: the inner map holds the values
+            arr = btf[members["values"]["type_id"]]
+            inner = btf[btf[arr["type_id"]]["type_id"]]
+            inner_members = {m["name"]: m for m in inner["members"]}
+            _check_key_value(btf, f"{name} (inner)", inner_members, ctypes.c_uint32, value_type)
+        else:
+            _check_key_value(btf, name, members, key_type, value_type)
 
 
 def test_capacity_constants_match(btf: dict[int, dict[str, Any]]) -> None:
@@ -97,7 +110,13 @@ def test_capacity_constants_match(btf: dict[int, dict[str, Any]]) -> None:
         assert arr["kind"] == "ARRAY"
         return arr["nr_elems"]
 
+    assert max_entries("lb_rules") == layouts.LB_MAX_RULES
     assert max_entries("lb_rule_state") == layouts.LB_MAX_RULES
-    assert max_entries("lb_endpoints") == layouts.LB_MAX_RULES * layouts.LB_MAX_ENDPOINTS
+    assert max_entries("lb_endpoints") == layouts.LB_MAX_EP_SLOTS
+    assert max_entries("lb_services") == layouts.LB_MAX_SVC_KEYS
     assert max_entries("lb_conntrack") == layouts.LB_CT_DEFAULT_ENTRIES
+    assert max_entries("lb_persist") == layouts.LB_PERSIST_ENTRIES
+    assert max_entries("lb_allow") == layouts.LB_ALLOW_ENTRIES
+    assert max_entries("lb_events") == layouts.LB_EVENTS_BYTES
     assert max_entries("lb_dp_stats") == layouts.LB_DP_STAT_MAX
+    assert layouts.LbRule.slots.size == 4 * layouts.LB_MAX_ENDPOINTS

@@ -9,14 +9,21 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAX_RULES * 4); /* several keys per rule with port ranges */
+	__uint(max_entries, LB_MAX_SVC_KEYS);
 	__type(key, struct lb_svc_key);
 	__type(value, struct lb_svc);
 } lb_services SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LB_MAX_RULES * LB_MAX_ENDPOINTS);
+	__uint(max_entries, LB_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct lb_rule);
+} lb_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_EP_SLOTS);
 	__type(key, __u32);
 	__type(value, struct lb_endpoint);
 } lb_endpoints SEC(".maps");
@@ -28,6 +35,44 @@ struct {
 	__type(value, struct lb_rule_state);
 } lb_rule_state SEC(".maps");
 
+/* Consistent-hash tables: rule id -> an array of LB_MAGLEV_SIZE endpoint
+ * slots, created by the agent only for rules that use hash selection. */
+struct lb_maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, LB_MAX_RULES);
+	__type(key, __u32);
+	__array(values, struct lb_maglev_table);
+} lb_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_EP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lb_ep_load);
+} lb_ep_load SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_PERSIST_ENTRIES);
+	__type(key, struct lb_persist_key);
+	__type(value, struct lb_persist);
+} lb_persist SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LB_ALLOW_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_allow_key);
+	__type(value, __u8);
+} lb_allow SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_MAX_RULES);
@@ -37,7 +82,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_MAX_RULES * LB_MAX_ENDPOINTS);
+	__uint(max_entries, LB_MAX_EP_SLOTS);
 	__type(key, __u32);
 	__type(value, struct lb_counter);
 } lb_ep_stats SEC(".maps");
@@ -48,6 +93,11 @@ struct {
 	__type(key, struct lb_ct_key);
 	__type(value, struct lb_ct_entry);
 } lb_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, LB_EVENTS_BYTES);
+} lb_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
-/* Map key/value layouts shared by the kernel program and user space.
+/* Map key/value layouts and constants shared by the kernel program and user space.
  *
  * This header is the single definition: datapath/layouts.py mirrors these
  * structs with ctypes and tests/test_layouts_btf.py compares both against the
@@ -11,28 +11,47 @@
 
 #include <linux/types.h>
 
-#define LB_MAX_RULES 1024
-#define LB_MAX_ENDPOINTS 64 /* per rule */
+#define LB_MAX_RULES 16384
+#define LB_MAX_ENDPOINTS 64      /* per rule */
+#define LB_MAX_EP_SLOTS 65536    /* endpoints of all rules together */
+#define LB_MAX_SVC_KEYS 65536    /* (VIP, port, proto, mark) keys; port ranges use one per port */
+#define LB_MAGLEV_SIZE 65537     /* buckets per consistent-hash table (prime) */
 #define LB_CT_DEFAULT_ENTRIES 131072
+#define LB_PERSIST_ENTRIES 65536
+#define LB_ALLOW_ENTRIES 16384
+#define LB_EVENTS_BYTES (4 * 1024 * 1024)
 
 /* lb_svc.sel */
 #define LB_SEL_RR 0
+#define LB_SEL_HASH 1
+#define LB_SEL_PRIORITY 2 /* weighted */
+#define LB_SEL_PERSIST 3
+#define LB_SEL_LC 4
 
 /* lb_svc.nat_mode */
 #define LB_NAT_DEFAULT 0 /* DNAT, client source preserved */
+#define LB_NAT_ONEARM 1  /* + source = the LB's address towards the endpoint */
+#define LB_NAT_FULLNAT 2 /* + source = the rule's private IP, else as onearm */
+
+/* lb_svc.flags */
+#define LB_SVC_F_ALLOWLIST 0x1 /* only sources in lb_allow may open flows */
 
 /* lb_endpoint.flags */
 #define LB_EP_F_ACTIVE 0x1
 
 /* lb_ct_entry.dir */
 #define LB_CT_DIR_ORIGINAL 0 /* client -> VIP */
-#define LB_CT_DIR_REPLY 1    /* endpoint -> client */
+#define LB_CT_DIR_REPLY 1    /* endpoint -> client (or -> SNAT address) */
 
 /* lb_ct_entry.xlate: which fields of a packet the entry rewrites */
 #define LB_XLATE_SADDR 0x1
 #define LB_XLATE_DADDR 0x2
 #define LB_XLATE_SPORT 0x4
 #define LB_XLATE_DPORT 0x8
+
+/* lb_ct_entry.flags (original-direction entry) */
+#define LB_CT_F_COUNTED 0x1 /* counted in lb_ep_load of its endpoint */
+#define LB_CT_F_REPORTED_CLOSED 0x2 /* a CLOSED event went out already */
 
 /* lb_ct_entry.state (names in datapath/layouts.py CT_STATE_NAMES) */
 #define LB_CT_CLOSED 0
@@ -43,13 +62,44 @@
 #define LB_CT_CLOSED_WAIT 5
 #define LB_CT_UDP_UNI 16
 #define LB_CT_UDP_EST 17
+#define LB_CT_ICMP_REQ 32
+#define LB_CT_ICMP_BIDIR 33
 
-/* lb_dp_stats index: packets the datapath dropped or could not handle */
-#define LB_DROP_NO_ENDPOINT 0 /* rule matched, no active endpoint */
-#define LB_DROP_MALFORMED 1   /* headers truncated or inconsistent */
-#define LB_DROP_REWRITE 2     /* a helper failed while rewriting */
+/* Idle timeouts of the TCP states that are not "established" (seconds);
+ * the rule's own timeout applies when it is shorter. */
+#define LB_CT_HANDSHAKE_TIMEOUT_S 60
+#define LB_CT_CLOSING_TIMEOUT_S 30
+#define LB_CT_CLOSED_TIMEOUT_S 10
+
+/* lb_event.type */
+#define LB_EV_NEW 1
+#define LB_EV_EST 2
+#define LB_EV_CLOSED 3  /* by the endpoints: FIN both ways, or RST */
+#define LB_EV_EXPIRED 4 /* by the LB: idle timeout, endpoint removed, rule deleted */
+
+/* lb_event.reason */
+#define LB_REASON_NONE 0
+#define LB_REASON_FIN 1
+#define LB_REASON_RST 2
+#define LB_REASON_TIMEOUT 3
+#define LB_REASON_EP_REMOVED 4
+#define LB_REASON_RULE_DELETED 5
+
+/* lb_dp_stats index: what the datapath dropped or passed without handling */
+#define LB_DROP_NO_ENDPOINT 0  /* rule matched, no active endpoint */
+#define LB_DROP_MALFORMED 1    /* headers truncated or inconsistent (passed, counted) */
+#define LB_DROP_REWRITE 2      /* a helper failed while rewriting */
 #define LB_STAT_PASS_FRAGMENT 3 /* IPv4 fragment passed untouched */
+#define LB_DROP_SOURCE 4       /* source not in the rule's allow-list */
+#define LB_DROP_CT_FULL 5      /* conntrack refused the new flow */
+#define LB_DROP_SNAT_PORTS 6   /* no free source port for one-arm/fullNAT */
+#define LB_STAT_EVENTS_LOST 7  /* conntrack events the agent had no room for */
 #define LB_DP_STAT_MAX 8
+
+/* lb_sweep program modes (skb->cb[0] of the test-run that drives it) */
+#define LB_SWEEP_IDLE 0       /* expire idle flows */
+#define LB_SWEEP_RULE 1       /* end every flow of rule cb[1] */
+#define LB_SWEEP_ENDPOINT 2   /* end every flow to endpoint slot cb[1] */
 
 /* Service map key: what a client packet is matched on. */
 struct lb_svc_key {
@@ -60,38 +110,71 @@ struct lb_svc_key {
 	__u32 mark;
 };
 
-/* Service map value: the rule a key belongs to. */
+/* Service map value: the rule a key belongs to and how it forwards. */
 struct lb_svc {
 	__u32 rule_id;
-	__u16 ep_count;  /* endpoints in lb_endpoints[rule_id * LB_MAX_ENDPOINTS ...] */
 	__u8 sel;
 	__u8 nat_mode;
-	__u32 flags;
-	__u32 inactive_timeout_s;
+	__u16 flags;
+	__u32 timeout_s;   /* idle timeout of its flows */
+	__u32 persist_s;   /* lifetime of a persist binding */
+	__be32 snat_addr;  /* fullNAT source (privateIP); 0: the endpoint's snat_addr */
 };
 
-/* One selectable endpoint; a rule's are stored contiguously, sorted by address. */
+/* A rule's endpoints: slots into lb_endpoints, sorted by address. */
+struct lb_rule {
+	__u16 ep_count;
+	__u16 pad;
+	__u32 slots[LB_MAX_ENDPOINTS];
+};
+
+/* One endpoint (a slot; slots are shared by all rules and stable while the
+ * endpoint stays in its rule). */
 struct lb_endpoint {
 	__be32 addr;
-	__be16 port;
+	__be16 port;       /* 0: keep the packet's destination port */
 	__u8 weight;
 	__u8 flags;
-	__u32 stat_slot; /* index into lb_ep_stats; stable across rule updates */
+	__be32 snat_addr;  /* the LB's address on the way to this endpoint */
+	__u32 rule_id;
 };
 
-/* Mutable per-rule state shared by all CPUs (kept apart from lb_svc so that
- * the service entry stays read-mostly). */
+/* Mutable per-rule state shared by all CPUs. */
 struct lb_rule_state {
 	__u64 rr_next;
 };
 
-/* Per-CPU packet/byte counter (rules and endpoints). */
+/* Per-CPU packet/byte counter (rules, endpoints, datapath statistics). */
 struct lb_counter {
 	__u64 packets;
 	__u64 bytes;
 };
 
-/* Conntrack key: one direction of a flow as seen on the wire. */
+/* Active flows of an endpoint (least-connections selection). */
+struct lb_ep_load {
+	__u64 active;
+};
+
+struct lb_persist_key {
+	__u32 rule_id;
+	__be32 client;
+};
+
+struct lb_persist {
+	__u32 slot;
+	__u32 pad;
+	__u64 last_used_ns;
+};
+
+/* Allow-list key (LPM trie): prefixlen counts rule_id's 32 bits + the prefix. */
+struct lb_allow_key {
+	__u32 prefixlen;
+	__be32 rule_id;
+	__be32 addr;
+};
+
+/* Conntrack key: one direction of a flow as seen on the wire. ICMP echo uses
+ * the identifier as source port of requests and destination port of replies. */
 struct lb_ct_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -102,9 +185,9 @@ struct lb_ct_key {
 };
 
 /* Conntrack entry. Each flow has two: the original direction (client to VIP)
- * and the reply direction (endpoint to client); each names the other in
- * `peer`, carries the rewrite for its own direction and a copy of the flow
- * state (both copies are updated on every transition). */
+ * and the reply direction (endpoint to client or SNAT address); each names
+ * the other in `peer`, carries the rewrite for its own direction and a copy of
+ * the flow state (both copies are updated on every transition). */
 struct lb_ct_entry {
 	struct lb_ct_key peer;
 	__be32 xlate_saddr;
@@ -112,15 +195,33 @@ struct lb_ct_entry {
 	__be16 xlate_sport;
 	__be16 xlate_dport;
 	__u32 rule_id;
-	__u32 ep_slot;   /* stat_slot of the endpoint */
+	__u32 ep_slot;
+	__u32 timeout_s;  /* the rule's idle timeout */
+	__u32 seq_next;   /* TCP: next sequence number expected from this direction */
 	__u8 dir;
 	__u8 state;
-	__u8 fin_seen;   /* bit per direction that sent a FIN */
-	__u8 xlate;      /* LB_XLATE_* */
+	__u8 fin_seen;    /* bit per direction that sent a FIN */
+	__u8 xlate;       /* LB_XLATE_* */
+	__u32 flags;      /* LB_CT_F_*; atomic */
+	__u8 nat_mode;
+	__u8 pad[3];
 	__u64 created_ns;
 	__u64 last_seen_ns;
-	__u64 packets;   /* this direction */
+	__u64 packets;    /* this direction */
 	__u64 bytes;
+};
+
+/* A conntrack event for the agent: both entries, enough to recreate the flow
+ * on another node (the reply entry's key is orig.peer). */
+struct lb_event {
+	__u8 type;
+	__u8 reason;
+	__u16 pad;
+	__u32 rule_id;
+	__u64 ts_ns;
+	struct lb_ct_key key;   /* original direction */
+	struct lb_ct_entry orig;
+	struct lb_ct_entry reply;
 };
 
 #endif /* LB_TYPES_H */

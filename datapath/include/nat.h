@@ -36,7 +36,9 @@ static __always_inline int lb_rewrite_addr(struct __sk_buff *skb, const struct l
 {
 	if (old == new)
 		return 0;
-	if (bpf_l4_csum_replace(skb, lb_l4_csum_off(pkt), old, new,
+	/* ICMP's checksum has no pseudo header: only the IP checksum changes. */
+	if (pkt->tuple.proto != IPPROTO_ICMP &&
+	    bpf_l4_csum_replace(skb, lb_l4_csum_off(pkt), old, new,
 				BPF_F_PSEUDO_HDR | sizeof(new) | lb_l4_csum_flags(pkt)))
 		return -1;
 	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old, new,
@@ -57,7 +59,8 @@ static __always_inline int lb_rewrite_port(struct __sk_buff *skb, const struct l
 	return bpf_skb_store_bytes(skb, pkt->l4_off + port_off, &new, sizeof(new), 0);
 }
 
-/* Apply a conntrack entry's translation to the packet. */
+/* Apply a conntrack entry's translation to the packet. ICMP echo keeps its
+ * identifier (entries for ICMP carry no port rewrite). */
 static __always_inline int lb_apply_xlate(struct __sk_buff *skb, const struct lb_pkt *pkt,
 					  const struct lb_ct_entry *ct)
 {

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
-/* Packet parsing: Ethernet (one optional 802.1Q/802.1ad tag), IPv4, TCP/UDP. */
+/* Packet parsing: Ethernet (one optional 802.1Q/802.1ad tag), IPv4, TCP/UDP,
+ * ICMP echo. */
 #ifndef LB_PARSE_H
 #define LB_PARSE_H
 
@@ -18,7 +19,7 @@
 
 enum lb_parse_result {
 	LB_PARSE_OK = 0,
-	LB_PARSE_NOT_OURS,  /* not IPv4 TCP/UDP: pass untouched */
+	LB_PARSE_NOT_OURS,  /* not IPv4 TCP/UDP/ICMP echo: pass untouched */
 	LB_PARSE_FRAGMENT,  /* IPv4 fragment: pass untouched, counted */
 	LB_PARSE_MALFORMED, /* claims to be IPv4 TCP/UDP but headers do not add up */
 };
@@ -31,13 +32,27 @@ struct lb_pkt {
 	__u32 l3_off;
 	__u32 l4_off;
 	__u32 len;       /* skb->len, for byte counters */
+	__u32 seq;       /* TCP sequence number (host order) */
+	__u32 seq_len;   /* sequence space the segment uses: payload + SYN + FIN */
 	__u8 tcp_flags;  /* TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 icmp_type;
 };
 
 #define LB_TCP_FIN 0x01
 #define LB_TCP_SYN 0x02
 #define LB_TCP_RST 0x04
 #define LB_TCP_ACK 0x10
+
+/* ICMP echo header (linux/icmp.h drags in libc headers). */
+#define LB_ICMP_ECHOREPLY 0
+#define LB_ICMP_ECHO 8
+struct lb_icmp_echo {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
 
 struct lb_vlan_hdr {
 	__be16 tci;
@@ -70,7 +85,8 @@ static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *pkt)
 
 	if ((void *)(ip + 1) > data_end)
 		return LB_PARSE_MALFORMED;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP &&
+	    ip->protocol != IPPROTO_ICMP)
 		return LB_PARSE_NOT_OURS;
 	if (ip->version != 4 || ip->ihl < 5)
 		return LB_PARSE_MALFORMED;
@@ -99,6 +115,22 @@ static __always_inline int lb_parse(struct __sk_buff *skb, struct lb_pkt *pkt)
 		pkt->tuple.sport = th->source;
 		pkt->tuple.dport = th->dest;
 		pkt->tcp_flags = ((__u8 *)th)[13];
+		pkt->seq = bpf_ntohl(th->seq);
+		pkt->seq_len = off + bpf_ntohs(ip->tot_len) - pkt->l4_off - th->doff * 4 +
+			       !!(pkt->tcp_flags & LB_TCP_SYN) + !!(pkt->tcp_flags & LB_TCP_FIN);
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		struct lb_icmp_echo *ih = l4;
+
+		if ((void *)(ih + 1) > data_end)
+			return LB_PARSE_MALFORMED;
+		/* Echo only: the identifier plays the part of the port. */
+		if (ih->type == LB_ICMP_ECHO)
+			pkt->tuple.sport = ih->id;
+		else if (ih->type == LB_ICMP_ECHOREPLY)
+			pkt->tuple.dport = ih->id;
+		else
+			return LB_PARSE_NOT_OURS;
+		pkt->icmp_type = ih->type;
 	} else {
 		struct udphdr *uh = l4;
 

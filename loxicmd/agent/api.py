@@ -6,17 +6,19 @@ import hmac
 import ipaddress
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loxicmd.names import API_BASE_PATH, PROTOCOLS
 
+from .config_api import config_router
 from .model import InvalidInput
-from .rules import ApiError, RuleTable
+from .rules import ApiError, FlowFilter, RuleTable
 
 log = logging.getLogger("loxilbd.api")
 
@@ -62,6 +64,39 @@ def _block(value: str | None) -> int:
     if not 0 <= block <= 2**32 - 1:
         raise InvalidInput("block", f"{block} is out of range; allowed: 0..4294967295")
     return block
+
+
+def _positive(value: str, field: str, hi: int = 1_000_000) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= hi:
+        raise InvalidInput(field, f"{value!r} is not an integer in 1..{hi}")
+    return number
+
+
+def _token(value: str | None, size: int) -> bytes | None:
+    if not value:
+        return None
+    try:
+        token = bytes.fromhex(value)
+    except ValueError:
+        token = b""
+    if len(token) != size:
+        raise InvalidInput("after", f"{value!r} is not a token this agent handed out "
+                           "(the `next` of a previous page)")
+    return token
+
+
+def _stream_ct(pages: Iterator[tuple[list[dict[str, Any]], bytes | None]]) -> Iterator[bytes]:
+    yield b'{"ctAttr": ['
+    first = True
+    for rows, _ in pages:
+        for row in rows:
+            yield (b"" if first else b",") + json.dumps(row).encode()
+            first = False
+    yield b"]}"
 
 
 def create_app(table: RuleTable, token: str | None = None) -> FastAPI:
@@ -172,22 +207,20 @@ def create_app(table: RuleTable, token: str | None = None) -> FastAPI:
     @app.get(f"{base}/config/conntrack/all")
     def list_ct(servName: str | None = None, ip: str | None = None,  # noqa: N803 (API name)
                 port: str | None = None, state: str | None = None,
-                limit: str | None = None) -> dict[str, Any]:
-        lim = None
-        if limit is not None:
-            try:
-                lim = int(limit)
-            except ValueError:
-                lim = -1
-            if lim < 1:
-                raise InvalidInput("limit", f"{limit!r} is not a positive integer")
-        return {"ctAttr": table.api_conntrack(
+                limit: str | None = None, after: str | None = None) -> Any:
+        flt = FlowFilter(
             serv_name=servName,
             ip=_ip(ip, "ip") if ip else None,
             port=_port(port, "port") if port else None,
             state=state or None,
-            limit=lim,
-        )}
+        )
+        token = _token(after, table.dp.maps["lb_conntrack"].token_size)
+        if limit is None:
+            # Everything (LoxiLB's clients expect it), streamed page by page.
+            return StreamingResponse(_stream_ct(table.conntrack_pages(flt, token)),
+                                     media_type="application/json")
+        rows, token = table.conntrack_page(flt, _positive(limit, "limit"), token)
+        return {"ctAttr": rows, "next": token.hex() if token else ""}
 
     @app.get(f"{base}/config/dpstats")
     def dp_stats() -> dict[str, Any]:
@@ -195,4 +228,5 @@ def create_app(table: RuleTable, token: str | None = None) -> FastAPI:
         return {"dpStats": [{"reason": k, "packets": p, "bytes": b}
                             for k, (p, b) in counters.items()]}
 
+    app.include_router(config_router(table.store.dir, table.dp.pin_dir))
     return app

@@ -7,24 +7,33 @@ not stop while the agent is away.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import datapath
 from datapath import layouts as L
-from datapath.libbpf import BpfObject, tc_attach, tc_detach, tc_query
+from datapath.libbpf import BpfMap, BpfObject, prog_test_run, tc_attach, tc_detach, tc_query
 
-from .model import LbRule
+from .maglev import build_table
+from .model import PERSIST_LIFETIME_S, LbRule
 
 log = logging.getLogger("loxilbd.dataplane")
 
 # Our filter's place on the clsact hook; fixed so a restart replaces it.
 TC_HANDLE = 0x1B
 TC_PRIORITY = 1
+
+NO_RULE = 0xFFFFFFFF  # lb_endpoint.rule_id of a free slot
+
+# struct __sk_buff up to and including cb[5]: the context of a lb_sweep run
+_SKB_CB_OFFSET = 48
+_SKB_CTX_LEN = _SKB_CB_OFFSET + 5 * 4
+_DUMMY_FRAME = bytes(14)
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,8 @@ class FlowView:
     state: str
     endpoint_ip: str
     endpoint_port: int
+    nat_ip: str  # the source the endpoint sees ("" when the client's own)
+    nat_port: int
     packets: int
     bytes: int
 
@@ -50,6 +61,22 @@ def interfaces_in_namespace() -> list[str]:
     return [name for _, name in socket.if_nameindex() if name != "lo"]
 
 
+def route_source(ip: str) -> str:
+    """The address this node uses to reach `ip` (connecting a UDP socket sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((ip, 9))
+        except OSError as exc:
+            raise ValueError(f"no route from this node to endpoint {ip}: {exc}") from None
+        return s.getsockname()[0]
+
+
+def allow_key(rule_id: int, prefix: str) -> L.LbAllowKey:
+    addr, plen = prefix.split("/")
+    return L.LbAllowKey(prefixlen=32 + int(plen), rule_id=socket.htonl(rule_id),
+                        addr=L.ip_to_be32(addr))
+
+
 class Dataplane:
     def __init__(self, pin_dir: str, object_path: str | None = None,
                  ct_entries: int | None = None) -> None:
@@ -57,6 +84,7 @@ class Dataplane:
         sizes = {"lb_conntrack": ct_entries} if ct_entries else None
         self.obj = BpfObject(str(object_path or datapath.OBJECT_PATH), L.MAPS, pin_dir, sizes)
         self.prog_fd = self.obj.program_fd(datapath.PROGRAM_NAME)
+        self.sweep_fd = self.obj.program_fd(datapath.SWEEP_PROGRAM_NAME)
         self.maps = self.obj.maps
         self.attached: dict[str, int] = {}
 
@@ -94,18 +122,31 @@ class Dataplane:
 
     def program_rule(self, rule_id: int, rule: LbRule, slots: dict[tuple[str, int], int],
                      old_rule: LbRule | None = None, new_slots: Iterable[int] = ()) -> None:
-        """Install or update a rule. Endpoints go in before the service entry
-        points at them; counters of newly used slots start from zero."""
-        base = rule_id * L.LB_MAX_ENDPOINTS
-        zero = L.LbCounter()
+        """Install or update a rule. Endpoints go in before the rule lists
+        them, the rule before the service points at it; counters and loads of
+        newly used slots start from zero."""
         for slot in new_slots:
-            self.maps["lb_ep_stats"].update(base + slot, zero)
-        for i, ep in enumerate(rule.endpoints):
-            self.maps["lb_endpoints"].update(base + i, L.LbEndpoint(
+            self.maps["lb_ep_stats"].update(slot, L.LbCounter())
+            self.maps["lb_ep_load"].update(slot, L.LbEpLoad())
+        for ep in rule.endpoints:
+            self.maps["lb_endpoints"].update(slots[ep.ident], L.LbEndpoint(
                 addr=L.ip_to_be32(ep.ip), port=L.port_to_be16(ep.target_port),
-                weight=ep.weight, flags=L.EP_F_ACTIVE, stat_slot=base + slots[ep.ident]))
-        svc = L.LbSvc(rule_id=rule_id, ep_count=len(rule.endpoints), sel=rule.sel,
-                      nat_mode=rule.mode, inactive_timeout_s=rule.effective_timeout)
+                weight=ep.weight, flags=L.EP_F_ACTIVE, rule_id=rule_id,
+                snat_addr=L.ip_to_be32(route_source(ep.ip)) if rule.mode else 0))
+        ordered = [slots[ep.ident] for ep in rule.endpoints]
+        if rule.sel == L.SEL_HASH:
+            self._program_maglev(rule_id, rule, ordered)
+        elif old_rule is not None and old_rule.sel == L.SEL_HASH:
+            self.maps["lb_maglev"].delete(rule_id)
+        entry = L.LbRule(ep_count=len(ordered))
+        entry.slots[: len(ordered)] = ordered
+        self.maps["lb_rules"].update(rule_id, entry)
+        self._program_sources(rule_id, rule, old_rule)
+
+        svc = L.LbSvc(rule_id=rule_id, sel=rule.sel, nat_mode=rule.mode,
+                      flags=L.SVC_F_ALLOWLIST if rule.allowed_sources else 0,
+                      timeout_s=rule.effective_timeout, persist_s=PERSIST_LIFETIME_S,
+                      snat_addr=L.ip_to_be32(rule.private_ip) if rule.private_ip else 0)
         keys = self.service_keys(rule)
         for key in keys:
             self.maps["lb_services"].update(key, svc)
@@ -114,21 +155,50 @@ class Dataplane:
             for key in self.service_keys(old_rule):
                 if bytes(key) not in wanted:
                     self.maps["lb_services"].delete(key)
-            for i in range(len(rule.endpoints), len(old_rule.endpoints)):
-                self.maps["lb_endpoints"].update(base + i, L.LbEndpoint())
+
+    def _program_maglev(self, rule_id: int, rule: LbRule, ordered: Sequence[int]) -> None:
+        """A fresh table per change, swapped in whole: a flow never sees a half-built one."""
+        names = [f"{ep.ip}:{ep.target_port}" for ep in rule.endpoints]
+        table = build_table(names, L.LB_MAGLEV_SIZE)
+        inner = BpfMap.create_array(f"lb_mglv_{rule_id}", ctypes.c_uint32, L.LB_MAGLEV_SIZE)
+        try:
+            keys = (ctypes.c_uint32 * L.LB_MAGLEV_SIZE)(*range(L.LB_MAGLEV_SIZE))
+            values = (ctypes.c_uint32 * L.LB_MAGLEV_SIZE)(*(ordered[i] for i in table))
+            inner.update_batch(keys, values)
+            self.maps["lb_maglev"].update(rule_id, ctypes.c_uint32(inner.fd))
+        finally:
+            inner.close()  # the outer map holds its own reference
+
+    def _program_sources(self, rule_id: int, rule: LbRule, old_rule: LbRule | None) -> None:
+        one = ctypes.c_uint8(1)
+        for prefix in rule.allowed_sources:
+            self.maps["lb_allow"].update(allow_key(rule_id, prefix), one)
+        if old_rule is not None:
+            for prefix in set(old_rule.allowed_sources) - set(rule.allowed_sources):
+                self.maps["lb_allow"].delete(allow_key(rule_id, prefix))
+
+    def release_slots(self, slots: Iterable[int]) -> None:
+        """Endpoints gone from their rule: end their flows, then free the slots."""
+        for slot in slots:
+            self.sweep(L.SWEEP_ENDPOINT, slot)
+            self.maps["lb_endpoints"].update(slot, L.LbEndpoint(rule_id=NO_RULE))
 
     def reset_rule_state(self, rule_id: int) -> None:
         """A fresh rule id: rotation from the first endpoint, counters from zero."""
         self.maps["lb_rule_state"].update(rule_id, L.LbRuleState())
         self.maps["lb_rule_stats"].update(rule_id, L.LbCounter())
 
-    def remove_rule(self, rule_id: int, rule: LbRule) -> None:
+    def remove_rule(self, rule_id: int, rule: LbRule, slots: Iterable[int]) -> None:
         for key in self.service_keys(rule):
             self.maps["lb_services"].delete(key)
-        base = rule_id * L.LB_MAX_ENDPOINTS
-        for i in range(len(rule.endpoints)):
-            self.maps["lb_endpoints"].update(base + i, L.LbEndpoint())
-        self.flush_conntrack(lambda e: e.rule_id == rule_id)
+        self.maps["lb_rules"].update(rule_id, L.LbRule())
+        if rule.sel == L.SEL_HASH:
+            self.maps["lb_maglev"].delete(rule_id)
+        for prefix in rule.allowed_sources:
+            self.maps["lb_allow"].delete(allow_key(rule_id, prefix))
+        self.sweep(L.SWEEP_RULE, rule_id)
+        for slot in slots:
+            self.maps["lb_endpoints"].update(slot, L.LbEndpoint(rule_id=NO_RULE))
 
     def remove_stale_services(self, live_rule_ids: set[int]) -> int:
         """After a restart on pinned maps: drop service keys of rules the
@@ -138,25 +208,14 @@ class Dataplane:
             self.maps["lb_services"].delete(key)
         return len(stale)
 
-    # -- counters and conntrack ---------------------------------------------
-    def _sum(self, map_name: str, index: int) -> tuple[int, int]:
-        per_cpu = self.maps[map_name].lookup(index) or []
-        return (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
-
-    def rule_counters(self, rule_id: int) -> tuple[int, int]:
-        return self._sum("lb_rule_stats", rule_id)
-
-    def endpoint_counters(self, rule_id: int, slot: int) -> tuple[int, int]:
-        return self._sum("lb_ep_stats", rule_id * L.LB_MAX_ENDPOINTS + slot)
-
-    def drop_counters(self) -> dict[str, tuple[int, int]]:
-        return {name: self._sum("lb_dp_stats", idx) for idx, name in L.DP_STAT_NAMES.items()}
-
-    def flush_conntrack(self, predicate: Callable[[L.LbCtEntry], bool]) -> int:
-        doomed = [k for k, e in self.maps["lb_conntrack"].items() if predicate(e)]
-        for key in doomed:
-            self.maps["lb_conntrack"].delete(key)
-        return len(doomed)
+    # -- conntrack ------------------------------------------------------------
+    def sweep(self, mode: int, target: int = 0) -> int:
+        """Run lb_sweep: expire idle flows (SWEEP_IDLE) or end those of a rule
+        or endpoint. Returns how many flows it ended; each one is reported on
+        the event ring buffer."""
+        ctx = bytearray(_SKB_CTX_LEN)
+        ctx[_SKB_CB_OFFSET:_SKB_CB_OFFSET + 8] = (ctypes.c_uint32 * 2)(mode, target)
+        return prog_test_run(self.sweep_fd, _DUMMY_FRAME, ctx=bytes(ctx)).retval
 
     def flows(self) -> Iterator[FlowView]:
         entries = list(self.maps["lb_conntrack"].items())
@@ -164,21 +223,46 @@ class Dataplane:
         for key, e in entries:
             if e.dir != L.CT_DIR_ORIGINAL:
                 continue
-            back = replies.get(bytes(e.peer))
-            yield FlowView(
-                rule_id=e.rule_id,
-                ep_slot=e.ep_slot % L.LB_MAX_ENDPOINTS,
-                client_ip=L.be32_to_ip(key.saddr),
-                client_port=L.be16_to_port(key.sport),
-                vip=L.be32_to_ip(key.daddr),
-                vip_port=L.be16_to_port(key.dport),
-                protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)),
-                state=L.CT_STATE_NAMES.get(e.state, str(e.state)),
-                endpoint_ip=L.be32_to_ip(e.xlate_daddr),
-                endpoint_port=L.be16_to_port(e.xlate_dport),
-                packets=e.packets + (back.packets if back else 0),
-                bytes=e.bytes + (back.bytes if back else 0),
-            )
+            yield flow_view(key, e, replies.get(bytes(e.peer)))
+
+    # -- counters -------------------------------------------------------------
+    def _sum(self, map_name: str, index: int) -> tuple[int, int]:
+        per_cpu = self.maps[map_name].lookup(index) or []
+        return (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+
+    def rule_counters(self, rule_id: int) -> tuple[int, int]:
+        return self._sum("lb_rule_stats", rule_id)
+
+    def endpoint_counters(self, slot: int) -> tuple[int, int]:
+        return self._sum("lb_ep_stats", slot)
+
+    def endpoint_load(self, slot: int) -> int:
+        load = self.maps["lb_ep_load"].lookup(slot)
+        return load.active if load else 0
+
+    def drop_counters(self) -> dict[str, tuple[int, int]]:
+        return {name: self._sum("lb_dp_stats", idx) for idx, name in L.DP_STAT_NAMES.items()}
+
+
+def flow_view(key: L.LbCtKey, e: L.LbCtEntry, back: L.LbCtEntry | None) -> FlowView:
+    icmp = key.proto == L.IPPROTO["icmp"]
+    snat = bool(e.xlate & L.XLATE_SADDR)
+    return FlowView(
+        rule_id=e.rule_id,
+        ep_slot=e.ep_slot,
+        client_ip=L.be32_to_ip(key.saddr),
+        client_port=L.be16_to_port(key.sport),
+        vip=L.be32_to_ip(key.daddr),
+        vip_port=0 if icmp else L.be16_to_port(key.dport),
+        protocol=L.PROTO_NAMES.get(key.proto, str(key.proto)),
+        state=L.CT_STATE_NAMES.get(e.state, str(e.state)),
+        endpoint_ip=L.be32_to_ip(e.xlate_daddr),
+        endpoint_port=0 if icmp else L.be16_to_port(e.xlate_dport),
+        nat_ip=L.be32_to_ip(e.xlate_saddr) if snat else "",
+        nat_port=L.be16_to_port(e.xlate_sport) if snat and not icmp else 0,
+        packets=e.packets + (back.packets if back else 0),
+        bytes=e.bytes + (back.bytes if back else 0),
+    )
 
 
 def unpin(pin_dir: str) -> None:
@@ -194,4 +278,3 @@ def detach_everywhere() -> list[str]:
         if tc_detach(socket.if_nametoindex(name), handle=TC_HANDLE, priority=TC_PRIORITY):
             removed.append(name)
     return removed
-

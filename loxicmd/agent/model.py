@@ -19,9 +19,11 @@ MAX_TIMEOUT_S = 86400
 
 # What this datapath implements today; the rest of the API's codes are known
 # (and named in errors) but refused rather than silently treated as another.
-SUPPORTED_PROTOCOLS = ("tcp", "udp")
-SUPPORTED_SEL = (0,)
-SUPPORTED_MODES = (0,)
+SUPPORTED_PROTOCOLS = ("tcp", "udp", "icmp")
+SUPPORTED_SEL = (0, 1, 2, 3, 4)
+SUPPORTED_MODES = (0, 1, 2)
+MODE_FULLNAT = 2
+PERSIST_LIFETIME_S = 3 * 3600
 
 OPER_CREATE, OPER_ATTACH, OPER_DETACH = 0, 1, 2
 
@@ -74,6 +76,8 @@ class LbRule:
     name: str = ""
     bgp: bool = False
     monitor: bool = False
+    private_ip: str = ""
+    allowed_sources: tuple[str, ...] = ()
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
 
     @property
@@ -153,19 +157,43 @@ def _known_code(obj: dict[str, Any], key: str, where: str, names: dict[int, str]
 
 
 def _refuse_unsupported(svc: dict[str, Any], body: dict[str, Any]) -> None:
-    """Options the API defines but this datapath does not carry out yet: refuse
+    """Options the API defines but this agent does not carry out yet: refuse
     them when set rather than accept and ignore them."""
     for key in ("monitor", "bgp", "proxyprotocolv2", "egress"):
         if svc.get(key):
             raise InvalidInput(f"serviceArguments.{key}", "is not supported by this agent "
                                "yet; allowed: false")
-    for key in ("privateip", "host", "probetype"):
+    for key in ("host", "probetype"):
         if svc.get(key):
             raise InvalidInput(f"serviceArguments.{key}", f"{svc[key]!r} is not supported "
                                "by this agent yet; allowed: empty")
-    for key, label in (("secondaryips", "secondaryIPs"), ("allowedsources", "allowedSources")):
-        if body.get(key):
-            raise InvalidInput(label, "is not supported by this agent yet; allowed: empty")
+    if body.get("secondaryips"):
+        raise InvalidInput("secondaryIPs", "apply to sctp rules, which this datapath does not "
+                           "carry yet; allowed: empty")
+
+
+def parse_sources(raw: Any) -> tuple[str, ...]:
+    """allowedSources: [{"prefix": "198.18.0.0/16"}, ...] -> normalised CIDRs."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidInput("allowedSources", f"{type(raw).__name__} is not a list")
+    prefixes: list[str] = []
+    for i, item in enumerate(raw):
+        value = item.get("prefix") if isinstance(item, dict) else None
+        where = f"allowedSources[{i}].prefix"
+        if not isinstance(value, str):
+            raise InvalidInput(where, f"{value!r} is missing or not a string; allowed: an "
+                               "IPv4 prefix such as 198.18.0.0/16")
+        try:
+            net = ipaddress.ip_network(value if "/" in value else f"{value}/32")
+        except ValueError as exc:
+            raise InvalidInput(where, f"{value!r} is not a valid prefix ({exc})") from None
+        if net.version != 4:
+            raise InvalidInput(where, f"{value!r}: IPv6 is not supported by this datapath yet")
+        if str(net) not in prefixes:
+            prefixes.append(str(net))
+    return tuple(prefixes)
 
 
 def parse_endpoints(raw: Any, default_port: int, where: str = "endpoints") -> list[Endpoint]:
@@ -183,7 +211,8 @@ def parse_endpoints(raw: Any, default_port: int, where: str = "endpoints") -> li
         if not isinstance(item, dict):
             raise InvalidInput(f"{where}[{i}]", f"{item!r} is not an object")
         ip = _ipv4(item, "endpointIP", at)
-        port = _int(item, "targetPort", at, default_port, 1, 65535)
+        port = _int(item, "targetPort", at, default_port, 0, 65535,
+                    allowed="1..65535, or 0 to keep the port the client used")
         weight = _int(item, "weight", at, 1, 1, 255)
         ep = Endpoint(ip, port, weight)
         if ep.ident in seen:
@@ -211,29 +240,42 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
         raise InvalidInput(f"{where}protocol", f"{protocol!r} is not supported by this "
                            f"datapath yet; supported: {', '.join(SUPPORTED_PROTOCOLS)}")
     external_ip = _ipv4(svc, "externalIP", where)
-    if "port" not in svc:
-        raise InvalidInput(f"{where}port", "is missing; allowed: 1..65535")
-    port = _int(svc, "port", where, 0, 1, 65535)
-    port_max = _int(svc, "portMax", where, 0, 0, 65535)
-    if port_max == 0:
+    if protocol == "icmp":
+        port = _int(svc, "port", where, 0, 0, 0, allowed="0 (icmp rules have no port)")
         port_max = port
-    if port_max < port:
-        raise InvalidInput(f"{where}portMax", f"{port_max} is below port {port}; "
-                           f"allowed: {port}..65535 or 0 for a single port")
+    else:
+        if "port" not in svc:
+            raise InvalidInput(f"{where}port", "is missing; allowed: 1..65535")
+        port = _int(svc, "port", where, 0, 1, 65535)
+        port_max = _int(svc, "portMax", where, 0, 0, 65535)
+        if port_max == 0:
+            port_max = port
+        if port_max < port:
+            raise InvalidInput(f"{where}portMax", f"{port_max} is below port {port}; "
+                               f"allowed: {port}..65535 or 0 for a single port")
     timeout = _int(svc, "inactiveTimeOut", where, 0, 0, MAX_TIMEOUT_S,
                    allowed=f"0 (protocol default) .. {MAX_TIMEOUT_S} s")
     _refuse_unsupported(svc, body)
+    mode = _known_code(svc, "mode", where, NAT_MODE_NAMES, SUPPORTED_MODES)
+    private_ip = _ipv4(svc, "privateIP", where, required=False)
+    if private_ip and mode != MODE_FULLNAT:
+        raise InvalidInput(f"{where}privateIP", f"{private_ip!r} applies to fullnat rules "
+                           f"(mode {MODE_FULLNAT}) only; this rule's mode is {mode}")
     rule = LbRule(
         key=RuleKey(external_ip, port, port_max, protocol,
                     _int(svc, "block", where, 0, 0, 2**32 - 1), ""),
         sel=_known_code(svc, "sel", where, SELECTION_NAMES, SUPPORTED_SEL),
-        mode=_known_code(svc, "mode", where, NAT_MODE_NAMES, SUPPORTED_MODES),
+        mode=mode,
         inactive_timeout=timeout,
         name=_str(svc, "name", where),
+        private_ip=private_ip,
+        allowed_sources=parse_sources(body.get("allowedsources")),
     )
     oper = _int(svc, "oper", where, OPER_CREATE, 0, 2, allowed="0 (create/update), "
                 "1 (attach endpoints), 2 (detach endpoints)")
-    rule = rule.with_endpoints(parse_endpoints(body.get("endpoints"), port))
+    # A range forwards each port to the same port unless a target is given.
+    default_target = port if port_max == port else 0
+    rule = rule.with_endpoints(parse_endpoints(body.get("endpoints"), default_target))
     return rule, oper
 
 
@@ -255,8 +297,8 @@ def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int
             "block": k.block,
             "name": rule.name,
             "host": k.host,
-            "privateIP": "",
-            "snat": False,
+            "privateIP": rule.private_ip,
+            "snat": rule.mode in (1, 2),
         },
         "endpoints": [
             {
@@ -269,7 +311,7 @@ def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int
             for ep in rule.endpoints
         ],
         "secondaryIPs": [],
-        "allowedSources": [],
+        "allowedSources": [{"prefix": p} for p in rule.allowed_sources],
     }
 
 
@@ -282,7 +324,9 @@ def rule_to_request(rule: LbRule) -> dict[str, Any]:
             "portMax": k.port_max if k.port_max != k.port else 0,
             "protocol": k.protocol, "sel": rule.sel, "mode": rule.mode,
             "inactiveTimeOut": rule.inactive_timeout, "block": k.block, "name": rule.name,
+            "privateIP": rule.private_ip,
         },
         "endpoints": [{"endpointIP": e.ip, "targetPort": e.target_port, "weight": e.weight}
                       for e in rule.endpoints],
+        "allowedSources": [{"prefix": p} for p in rule.allowed_sources],
     }

@@ -10,16 +10,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from datapath.layouts import LB_MAX_ENDPOINTS, LB_MAX_RULES
+from datapath import layouts as L
+from datapath.layouts import (
+    LB_ALLOW_ENTRIES,
+    LB_MAX_ENDPOINTS,
+    LB_MAX_EP_SLOTS,
+    LB_MAX_RULES,
+    LB_MAX_SVC_KEYS,
+)
 
-from .dataplane import Dataplane, FlowView
+from .dataplane import Dataplane, FlowView, flow_view
 from .model import (
     OPER_ATTACH,
     OPER_CREATE,
-    Endpoint,
     InvalidInput,
     LbRule,
     RuleKey,
@@ -30,8 +37,6 @@ from .model import (
 from .store import StateStore
 
 log = logging.getLogger("loxilbd.rules")
-
-MAX_SERVICE_KEYS = LB_MAX_RULES * 4  # lb_services capacity (port ranges use one key per port)
 
 
 class ApiError(Exception):
@@ -49,18 +54,33 @@ class RuleRecord:
     slots: dict[tuple[str, int], int] = field(default_factory=dict)  # endpoint -> counter slot
 
 
-def assign_slots(endpoints: tuple[Endpoint, ...], old: dict[tuple[str, int], int]
-                 ) -> tuple[dict[tuple[str, int], int], list[int]]:
-    """Counter slots: endpoints that stay keep theirs; new ones take free ones.
-    Returns the mapping and the slots newly handed out."""
-    slots = {ep.ident: old[ep.ident] for ep in endpoints if ep.ident in old}
-    free = iter(sorted(set(range(LB_MAX_ENDPOINTS)) - set(slots.values())))
-    fresh = []
-    for ep in endpoints:
-        if ep.ident not in slots:
-            slots[ep.ident] = next(free)
-            fresh.append(slots[ep.ident])
-    return slots, fresh
+class SlotPool:
+    """Endpoint slots (indexes into the datapath's endpoint table), shared by all rules."""
+
+    def __init__(self, size: int = LB_MAX_EP_SLOTS) -> None:
+        self.size = size
+        self.used: set[int] = set()
+        self._next = 0
+
+    def take(self, slot: int) -> None:
+        self.used.add(slot)
+
+    def allocate(self) -> int:
+        if len(self.used) >= self.size:
+            raise ApiError(403, "endpoint-capacity",
+                           f"endpoints: the datapath holds at most {self.size} endpoints "
+                           "over all rules")
+        while self._next in self.used:
+            self._next = (self._next + 1) % self.size
+        self.used.add(self._next)
+        return self._next
+
+    def free(self, slots: Iterable[int]) -> None:
+        self.used.difference_update(slots)
+
+    @property
+    def available(self) -> int:
+        return self.size - len(self.used)
 
 
 class RuleTable:
@@ -68,6 +88,7 @@ class RuleTable:
         self.dp = dataplane
         self.store = store
         self.records: dict[RuleKey, RuleRecord] = {}
+        self.slots = SlotPool()
         self.lock = threading.RLock()
 
     # -- persistence --------------------------------------------------------
@@ -94,6 +115,8 @@ class RuleTable:
                     raise ValueError(f"{self.store.path}: rules[{i}] slots do not match endpoints")
                 self.dp.program_rule(rule_id, rule, slots)
                 self.records[rule.key] = RuleRecord(rule_id, rule, slots)
+                for slot in slots.values():
+                    self.slots.take(slot)
             stale = self.dp.remove_stale_services({r.rule_id for r in self.records.values()})
         if stale:
             log.info("removed %d service keys of rules deleted while the agent was away", stale)
@@ -115,15 +138,26 @@ class RuleTable:
         raise ApiError(403, "lbrule-capacity",
                        f"the datapath holds at most {LB_MAX_RULES} rules; delete one first")
 
-    def _check_key_capacity(self, rule: LbRule, replacing: LbRule | None) -> None:
-        used = sum(r.rule.key.port_max - r.rule.key.port + 1 for r in self.records.values())
-        if replacing is not None:
-            used -= replacing.key.port_max - replacing.key.port + 1
+    def _check_capacity(self, rule: LbRule, replacing: RuleRecord | None) -> None:
+        others = [r.rule for r in self.records.values()
+                  if replacing is None or r.rule.key != replacing.rule.key]
+        used = sum(r.key.port_max - r.key.port + 1 for r in others)
         need = rule.key.port_max - rule.key.port + 1
-        if used + need > MAX_SERVICE_KEYS:
+        if used + need > LB_MAX_SVC_KEYS:
             raise ApiError(403, "lbrule-capacity",
                            f"serviceArguments.portMax: the range needs {need} service entries, "
-                           f"{MAX_SERVICE_KEYS - used} of {MAX_SERVICE_KEYS} are free")
+                           f"{LB_MAX_SVC_KEYS - used} of {LB_MAX_SVC_KEYS} are free")
+        kept = set(replacing.slots) if replacing else set()
+        new_eps = sum(1 for ep in rule.endpoints if ep.ident not in kept)
+        if new_eps > self.slots.available:
+            raise ApiError(403, "endpoint-capacity",
+                           f"endpoints: {new_eps} new endpoints, {self.slots.available} of "
+                           f"{self.slots.size} endpoint slots are free")
+        sources = sum(len(r.allowed_sources) for r in others)
+        if sources + len(rule.allowed_sources) > LB_ALLOW_ENTRIES:
+            raise ApiError(403, "allowlist-capacity",
+                           f"allowedSources: {len(rule.allowed_sources)} prefixes, "
+                           f"{LB_ALLOW_ENTRIES - sources} of {LB_ALLOW_ENTRIES} entries are free")
 
     def _overlapping(self, rule: LbRule) -> RuleRecord | None:
         k = rule.key
@@ -152,7 +186,7 @@ class RuleTable:
                 raise ApiError(409, "lbrule-overlaps",
                                f"ports of {rule.key.describe()} overlap rule "
                                f"{clash.rule.key.describe()}")
-            self._check_key_capacity(rule, current.rule if current else None)
+            self._check_capacity(rule, current)
             self._install(rule, current)
 
     @staticmethod
@@ -180,18 +214,28 @@ class RuleTable:
             record = RuleRecord(self._free_rule_id(), rule)
             self.dp.reset_rule_state(record.rule_id)
         else:
-            record = RuleRecord(current.rule_id, rule, dict(current.slots))
-        record.slots, fresh = assign_slots(rule.endpoints, record.slots)
-        old_rule = current.rule if current else None
+            record = RuleRecord(current.rule_id, rule)
+        old_slots = current.slots if current else {}
+        fresh = []
+        for ep in rule.endpoints:  # endpoints that stay keep their slot (and counters)
+            if ep.ident in old_slots:
+                record.slots[ep.ident] = old_slots[ep.ident]
+            else:
+                record.slots[ep.ident] = self.slots.allocate()
+                fresh.append(record.slots[ep.ident])
         try:
-            self.dp.program_rule(record.rule_id, rule, record.slots, old_rule, fresh)
+            self.dp.program_rule(record.rule_id, rule, record.slots,
+                                 current.rule if current else None, fresh)
             self.records[rule.key] = record
             self._commit()
         except Exception:
+            self.slots.free(fresh)
             self._rollback(rule.key, record, current)
             raise
         if current is not None:
-            self._end_flows_to_removed(current, record)
+            gone = [slot for ident, slot in current.slots.items() if ident not in record.slots]
+            self.dp.release_slots(gone)  # ends their flows (reported as endpoint removed)
+            self.slots.free(gone)
         log.info("%s rule %s (id %d, %d endpoints)", "updated" if current else "created",
                  rule.key.describe(), record.rule_id, len(rule.endpoints))
 
@@ -199,20 +243,13 @@ class RuleTable:
         try:
             if previous is None:
                 self.records.pop(key, None)
-                self.dp.remove_rule(attempted.rule_id, attempted.rule)
+                self.dp.remove_rule(attempted.rule_id, attempted.rule, ())
             else:
                 self.records[key] = previous
                 self.dp.program_rule(previous.rule_id, previous.rule, previous.slots,
                                      attempted.rule)
         except Exception:  # the original error is the one to report
             log.exception("rollback of %s failed", key.describe())
-
-    def _end_flows_to_removed(self, old: RuleRecord, new: RuleRecord) -> None:
-        gone = {old.rule_id * LB_MAX_ENDPOINTS + slot
-                for ident, slot in old.slots.items() if ident not in new.slots}
-        if gone:
-            n = self.dp.flush_conntrack(lambda e: e.rule_id == old.rule_id and e.ep_slot in gone)
-            log.info("ended %d conntrack entries to removed endpoints", n)
 
     def delete(self, keys: list[RuleKey], what: str) -> int:
         with self.lock:
@@ -228,7 +265,8 @@ class RuleTable:
                     self.records[rec.rule.key] = rec
                 raise
             for rec in doomed:
-                self.dp.remove_rule(rec.rule_id, rec.rule)
+                self.dp.remove_rule(rec.rule_id, rec.rule, rec.slots.values())
+                self.slots.free(rec.slots.values())
                 log.info("deleted rule %s (id %d)", rec.rule.key.describe(), rec.rule_id)
             return len(doomed)
 
@@ -250,51 +288,87 @@ class RuleTable:
                 r.rule.key.protocol))
             out = []
             for rec in records:
-                counters = {ident: self.dp.endpoint_counters(rec.rule_id, slot)
+                counters = {ident: self.dp.endpoint_counters(slot)
                             for ident, slot in rec.slots.items()}
                 out.append(rule_to_api(rec.rule, counters))
             return out
 
-    def api_conntrack(self, serv_name: str | None = None, ip: str | None = None,
-                      port: int | None = None, state: str | None = None,
-                      limit: int | None = None) -> list[dict[str, Any]]:
+    def conntrack_pages(self, flt: FlowFilter, after: bytes | None = None,
+                        page_size: int = 4096) -> Iterator[tuple[list[dict[str, Any]],
+                                                                 bytes | None]]:
+        """Flows that pass the filter, page by page, with the token that resumes
+        after each page (None after the last). Pages are read with batch lookups,
+        so the whole table is never held at once."""
         with self.lock:
             by_id = {r.rule_id: r for r in self.records.values()}
-        rows = []
-        for flow in self.dp.flows():
-            rec = by_id.get(flow.rule_id)
-            name = rec.rule.name if rec else ""
-            if serv_name is not None and name != serv_name:
-                continue
-            if ip is not None and ip not in (flow.client_ip, flow.vip, flow.endpoint_ip):
-                continue
-            if port is not None and port not in (flow.client_port, flow.vip_port,
-                                                 flow.endpoint_port):
-                continue
-            if state is not None and flow.state != state:
-                continue
-            rows.append(_flow_to_api(flow, name, rec))
-            if limit is not None and len(rows) >= limit:
+        ct = self.dp.maps["lb_conntrack"]
+        token = after
+        while True:
+            entries, token = ct.page(token, page_size)
+            rows = []
+            for key, entry in entries:
+                if entry.dir != L.CT_DIR_ORIGINAL:
+                    continue
+                flow = flow_view(key, entry, ct.lookup(entry.peer))
+                rec = by_id.get(flow.rule_id)
+                if flt.matches(flow, rec.rule.name if rec else ""):
+                    rows.append(_flow_to_api(flow, rec))
+            yield rows, token
+            if token is None:
+                return
+
+    def conntrack_page(self, flt: FlowFilter, limit: int, after: bytes | None
+                       ) -> tuple[list[dict[str, Any]], bytes | None]:
+        """About `limit` flows (a hash bucket is never split) and the next token."""
+        rows: list[dict[str, Any]] = []
+        token = after
+        while len(rows) < limit:
+            pages = self.conntrack_pages(flt, token, page_size=max(limit - len(rows), 8))
+            page, token = next(pages)
+            rows.extend(page)
+            if token is None:
                 break
-        return rows
+        return rows, token
+
+    def api_conntrack(self, flt: FlowFilter | None = None) -> list[dict[str, Any]]:
+        return [row for page, _ in self.conntrack_pages(flt or FlowFilter()) for row in page]
 
 
-def _flow_to_api(flow: FlowView, name: str, rec: RuleRecord | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FlowFilter:
+    serv_name: str | None = None
+    ip: str | None = None
+    port: int | None = None
+    state: str | None = None
+
+    def matches(self, flow: FlowView, name: str) -> bool:
+        return ((self.serv_name is None or name == self.serv_name)
+                and (self.ip is None or self.ip in (flow.client_ip, flow.vip, flow.endpoint_ip,
+                                                     flow.nat_ip))
+                and (self.port is None or self.port in (flow.client_port, flow.vip_port,
+                                                         flow.endpoint_port, flow.nat_port))
+                and (self.state is None or flow.state == self.state))
+
+
+def _flow_to_api(flow: FlowView, rec: RuleRecord | None) -> dict[str, Any]:
     weight = 0
     if rec is not None:
         for ep in rec.rule.endpoints:
-            if ep.ident == (flow.endpoint_ip, flow.endpoint_port):
+            if rec.slots.get(ep.ident) == flow.ep_slot:
                 weight = ep.weight
+    target = f"{flow.endpoint_ip}:{flow.endpoint_port}:w{weight}"
+    act = f"fdnat-{flow.nat_ip}:{flow.nat_port},{target}" if flow.nat_ip else f"dnat-{target}"
+    icmp = flow.protocol == "icmp"
     return {
         "sourceIP": flow.client_ip,
-        "sourcePort": flow.client_port,
+        "sourcePort": 0 if icmp else flow.client_port,
         "destinationIP": flow.vip,
         "destinationPort": flow.vip_port,
         "protocol": flow.protocol,
         "conntrackState": flow.state,
-        "conntrackAct": f"dnat-{flow.endpoint_ip}:{flow.endpoint_port}:w{weight}",
-        "ident": 0,
+        "conntrackAct": act,
+        "ident": flow.client_port if icmp else 0,
         "packets": flow.packets,
         "bytes": flow.bytes,
-        "servName": name,
+        "servName": rec.rule.name if rec else "",
     }

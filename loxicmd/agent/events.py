@@ -1,0 +1,107 @@
+"""The agent's background work on conntrack: reading the datapath's events
+and expiring idle flows.
+
+- EventPump polls the lb_events ring buffer and hands each decoded event to
+  the handlers (audit log, reset sender, later HA sync). It never makes the
+  datapath wait: when it falls behind, the datapath counts what it could not
+  deliver (events-lost) and the pump reports the growth of that counter.
+- Sweeper runs the datapath's lb_sweep program periodically; expired flows
+  come back through the ring buffer like any other event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from datapath.layouts import SWEEP_IDLE, LbEvent
+from datapath.libbpf import RingBuffer
+
+from .dataplane import Dataplane
+
+log = logging.getLogger("loxilbd.events")
+
+EventHandler = Callable[[LbEvent], None]
+
+
+class EventPump:
+    def __init__(self, dp: Dataplane, handlers: Sequence[EventHandler],
+                 on_lost: Callable[[int], None] | None = None) -> None:
+        self.dp = dp
+        self.handlers = list(handlers)
+        self.on_lost = on_lost
+        self.received = 0
+        self.lost_reported = dp.drop_counters()["events-lost"][0]
+        self._stop = threading.Event()
+        self._ring = RingBuffer(dp.maps["lb_events"].fd, self._handle)
+        self._thread = threading.Thread(target=self._run, name="event-pump", daemon=True)
+
+    def start(self) -> EventPump:
+        self._thread.start()
+        return self
+
+    def _handle(self, data: bytes) -> None:
+        ev = LbEvent.from_buffer_copy(data)
+        self.received += 1
+        for handler in self.handlers:
+            try:
+                handler(ev)
+            except Exception:  # one bad handler must not stop the others
+                log.exception("event handler %r failed", handler)
+
+    def _check_lost(self) -> None:
+        lost = self.dp.drop_counters()["events-lost"][0]
+        if lost > self.lost_reported:
+            log.warning("datapath dropped %d conntrack events (reader behind)",
+                        lost - self.lost_reported)
+            if self.on_lost:
+                self.on_lost(lost - self.lost_reported)
+            self.lost_reported = lost
+
+    def drain(self) -> int:
+        """Handle what is queued now (for tests and shutdown)."""
+        return self._ring.poll(0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._ring.poll(200) == 0:
+                    self._check_lost()
+            except Exception:
+                log.exception("event pump")
+                self._stop.wait(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.drain()
+        self._check_lost()
+        self._ring.close()
+
+
+class Sweeper:
+    """Expires idle flows every `interval` seconds (the per-packet path only
+    ever checks the one flow it touches)."""
+
+    def __init__(self, dp: Dataplane, interval: float = 1.0) -> None:
+        self.dp = dp
+        self.interval = interval
+        self.expired = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ct-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.expired += self.dp.sweep(SWEEP_IDLE)
+            except Exception:
+                log.exception("conntrack sweep")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
