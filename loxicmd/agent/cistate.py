@@ -1,0 +1,95 @@
+"""Cluster-instance (HA) states: validation and a small store persisted in the state dir.
+
+``POST /config/cistate`` (keepalived's notify hook, ``loxicmd set hastate``) records the
+state of an instance; what the state does to the datapath comes with the HA work.
+The file is written the same way as the rules (``StateStore.save``: write, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from pathlib import Path
+from typing import Any
+
+from .model import InvalidInput
+from .rules import ApiError
+from .store import StateStore
+
+HA_STATES: tuple[str, ...] = ("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED")
+DEFAULT_INSTANCE = "default"
+MAX_INSTANCE_LEN = 64
+
+
+def parse_cistate(body: Any) -> dict[str, str]:
+    """Validate a POST /config/cistate body (keys case-insensitive); returns
+    ``{"instance", "state", "vip"}`` with the state upper-cased and the VIP canonical."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", f"{type(body).__name__} is not a JSON object")
+    fields = {str(k).lower(): v for k, v in body.items()}
+    instance = fields.get("instance", DEFAULT_INSTANCE)
+    if instance in (None, ""):
+        instance = DEFAULT_INSTANCE
+    if not isinstance(instance, str) or len(instance) > MAX_INSTANCE_LEN \
+            or not instance.isprintable() or "/" in instance:
+        raise InvalidInput("instance", f"{instance!r} is not a valid instance name; allowed: "
+                           f"printable text without '/', at most {MAX_INSTANCE_LEN} characters")
+    state = fields.get("state")
+    if not isinstance(state, str) or state.upper() not in HA_STATES:
+        raise InvalidInput("state", f"{state!r} is not a HA state; "
+                           f"allowed: {', '.join(HA_STATES)}")
+    vip = fields.get("vip", "")
+    if vip is None:
+        vip = ""
+    if not isinstance(vip, str):
+        raise InvalidInput("vip", f"{vip!r} is not a string; allowed: an IP address or empty")
+    if vip:
+        try:
+            vip = str(ipaddress.ip_address(vip))
+        except ValueError:
+            raise InvalidInput("vip", f"{vip!r} is not a valid IP address") from None
+    return {"instance": instance, "state": state.upper(), "vip": vip}
+
+
+class CIStateStore:
+    """Instance states in ``<state dir>/cistate.json``; the default instance starts
+    NOT_DEFINED as in LoxiLB."""
+
+    FILE = "cistate.json"
+
+    # The rules' atomic persistence, reused: both use only ``self.path`` and ``self.dir``.
+    _load = StateStore.load
+    _save = StateStore.save
+
+    def __init__(self, state_dir: str | Path) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / self.FILE
+        self._lock = threading.Lock()
+        saved = self._load().get("instances", [])
+        try:
+            self._states = {item["instance"]: parse_cistate(item) for item in saved}
+        except (InvalidInput, KeyError, TypeError) as exc:
+            raise ValueError(f"{self.path}: invalid instance entry: {exc}") from None
+        self._states.setdefault(DEFAULT_INSTANCE, {"instance": DEFAULT_INSTANCE,
+                                                   "state": "NOT_DEFINED", "vip": ""})
+
+    def all(self) -> list[dict[str, Any]]:
+        """The API view: ``sync`` (conntrack sync progress) is null until HA sync exists."""
+        with self._lock:
+            return [{**s, "sync": None} for _, s in sorted(self._states.items())]
+
+    def set(self, body: Any) -> dict[str, str]:
+        entry = parse_cistate(body)
+        with self._lock:
+            previous = self._states.get(entry["instance"])
+            self._states[entry["instance"]] = entry
+            try:
+                self._save({"instances": list(self._states.values())})
+            except OSError as exc:
+                if previous is None:
+                    del self._states[entry["instance"]]
+                else:
+                    self._states[entry["instance"]] = previous
+                raise ApiError(500, "state-save-failed",
+                               f"could not save state to {self.path}: {exc}") from exc
+        return entry
