@@ -144,6 +144,10 @@ class DpHarness:
         res = prog_test_run(self.dp.prog_fd, raw, ctx=ctx)
         return res.retval, res.data
 
+    def dp_run_duration(self, raw: bytes) -> int:
+        """The kernel's duration of one run (ns), for benchmarks."""
+        return prog_test_run(self.dp.prog_fd, raw).duration_ns
+
     def run(self, pkt: Packet | bytes, mark: int = 0) -> tuple[int, Packet]:
         verdict, data = self.run_raw(bytes(pkt), mark)
         return verdict, Ether(data)
