@@ -92,27 +92,26 @@ class RuleTable:
         self.lock = threading.RLock()
 
     # -- persistence --------------------------------------------------------
-    def _snapshot(self) -> dict[str, Any]:
-        return {"rules": [
-            {"ruleId": r.rule_id, "entry": rule_to_request(r.rule),
-             "slots": [[ip, port, slot] for (ip, port), slot in sorted(r.slots.items())]}
-            for r in self.records.values()
-        ]}
+    @staticmethod
+    def _to_record(r: RuleRecord) -> dict[str, Any]:
+        return {"ruleId": r.rule_id, "entry": rule_to_request(r.rule),
+                "slots": [[ip, port, slot] for (ip, port), slot in sorted(r.slots.items())]}
 
     def restore(self) -> int:
         """Load the state directory and program every rule again. Counter
         slots and rule ids are kept, so pinned counters stay with their rule."""
-        state = self.store.load()
+        saved = self.store.load()
         with self.lock:
-            for i, item in enumerate(state.get("rules", [])):
+            for rid, item in sorted(saved.items()):
+                where = f"{self.store.dir}: rule {rid}"
                 try:
                     rule, _ = parse_lb_entry(item["entry"])
                     rule_id = int(item["ruleId"])
                     slots = {(ip, int(port)): int(slot) for ip, port, slot in item["slots"]}
                 except (InvalidInput, KeyError, TypeError, ValueError) as exc:
-                    raise ValueError(f"{self.store.path}: rules[{i}] is invalid: {exc}") from None
-                if {ep.ident for ep in rule.endpoints} != set(slots):
-                    raise ValueError(f"{self.store.path}: rules[{i}] slots do not match endpoints")
+                    raise ValueError(f"{where} is invalid: {exc}") from None
+                if {ep.ident for ep in rule.endpoints} != set(slots) or str(rule_id) != rid:
+                    raise ValueError(f"{where}: its slots or id do not match its endpoints")
                 self.dp.program_rule(rule_id, rule, slots)
                 self.records[rule.key] = RuleRecord(rule_id, rule, slots)
                 for slot in slots.values():
@@ -122,12 +121,14 @@ class RuleTable:
             log.info("removed %d service keys of rules deleted while the agent was away", stale)
         return len(self.records)
 
-    def _commit(self) -> None:
+    def _persist(self, put: RuleRecord | None = None, deleted: Iterable[RuleRecord] = ()) -> None:
         try:
-            self.store.save(self._snapshot())
+            if put is not None:
+                self.store.put(str(put.rule_id), self._to_record(put))
+            self.store.delete([str(r.rule_id) for r in deleted])
         except OSError as exc:
             raise ApiError(500, "state-save-failed",
-                           f"could not save state to {self.store.path}: {exc}") from exc
+                           f"could not save state in {self.store.dir}: {exc}") from exc
 
     # -- changes ------------------------------------------------------------
     def _free_rule_id(self) -> int:
@@ -227,7 +228,7 @@ class RuleTable:
             self.dp.program_rule(record.rule_id, rule, record.slots,
                                  current.rule if current else None, fresh)
             self.records[rule.key] = record
-            self._commit()
+            self._persist(put=record)
         except Exception:
             self.slots.free(fresh)
             self._rollback(rule.key, record, current)
@@ -259,7 +260,7 @@ class RuleTable:
             for rec in doomed:
                 del self.records[rec.rule.key]
             try:
-                self._commit()
+                self._persist(deleted=doomed)
             except ApiError:
                 for rec in doomed:
                     self.records[rec.rule.key] = rec

@@ -1,25 +1,45 @@
-"""The agent's state directory: rules persisted atomically, one agent per directory."""
+"""The agent's state directory: rules persisted durably, one agent per directory.
+
+A snapshot (lbrules.json, replaced atomically) plus a journal of changes
+(lbrules.journal, one JSON line per change, fsync'd before the API answers).
+A change costs one appended line whatever the number of rules; the journal
+is folded into a new snapshot once it outgrows it. A crash can only cut the
+last journal line short; such a line was never acknowledged and is dropped.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+
+log = logging.getLogger("loxilbd.store")
 
 
 class StateDirBusy(RuntimeError):
     pass
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class StateStore:
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], compact_min: int = 1000) -> None:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.dir / "lbrules.json"
+        self.journal_path = self.dir / "lbrules.journal"
+        self.compact_min = compact_min
         self._lock_file = open(self.dir / "loxilbd.lock", "a+")  # noqa: SIM115 (held for life)
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -29,36 +49,94 @@ class StateStore:
         self._lock_file.truncate(0)
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
+        self.records: dict[str, dict[str, Any]] = {}
+        self._journal_lines = 0
+        self._journal: Any = None
 
-    def load(self) -> dict[str, Any]:
-        """The saved state; an empty one when there is none yet."""
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Every record (id -> record) as of the last acknowledged change."""
+        self.records = self._read_snapshot()
+        self._journal_lines = 0
+        if self.journal_path.exists():
+            with open(self.journal_path, "rb") as f:
+                lines = f.read().split(b"\n")
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    op = json.loads(line)
+                except json.JSONDecodeError:
+                    if n >= len(lines) - 1:  # the torn tail of a crash: never acknowledged
+                        log.warning("%s: dropped an incomplete last line", self.journal_path)
+                        break
+                    raise ValueError(f"{self.journal_path}:{n}: not valid JSON; fix or move "
+                                     "the state directory away to start empty") from None
+                self._apply(op, f"{self.journal_path}:{n}")
+                self._journal_lines += 1
+        self._compact()  # start from a clean snapshot and an empty journal
+        return dict(self.records)
+
+    def _read_snapshot(self) -> dict[str, dict[str, Any]]:
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return {"version": STATE_VERSION, "rules": []}
+            return {}
         try:
             state = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{self.path}: not valid JSON ({exc}); "
                              "fix or move it away to start empty") from None
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION \
+                or not isinstance(state.get("records"), dict):
             raise ValueError(f"{self.path}: unknown state format (want version {STATE_VERSION})")
-        return state
+        return state["records"]
 
-    def save(self, state: dict[str, Any]) -> None:
-        """Write-then-rename with fsyncs: a crash leaves the old or the new file, whole."""
+    def _apply(self, op: dict[str, Any], where: str) -> None:
+        if op.get("op") == "put" and isinstance(op.get("rec"), dict):
+            self.records[str(op["id"])] = op["rec"]
+        elif op.get("op") == "del" and isinstance(op.get("ids"), list):
+            for rid in op["ids"]:
+                self.records.pop(str(rid), None)
+        else:
+            raise ValueError(f"{where}: unknown journal entry {op!r}")
+
+    def put(self, rid: str, record: dict[str, Any]) -> None:
+        self._append({"op": "put", "id": rid, "rec": record})
+
+    def delete(self, rids: list[str]) -> None:
+        if rids:
+            self._append({"op": "del", "ids": rids})
+
+    def _append(self, op: dict[str, Any]) -> None:
+        if self._journal is None:
+            self._journal = open(self.journal_path, "ab")  # noqa: SIM115
+        self._journal.write(json.dumps(op, separators=(",", ":")).encode() + b"\n")
+        self._journal.flush()
+        os.fdatasync(self._journal.fileno())
+        self._apply(op, "change")
+        self._journal_lines += 1
+        if self._journal_lines > max(self.compact_min, 2 * len(self.records)):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Fold the journal into a new snapshot (write, fsync, rename), then empty it."""
         tmp = self.path.with_suffix(".json.tmp")
-        data = json.dumps({"version": STATE_VERSION, **state}, indent=1, sort_keys=True)
         with open(tmp, "w") as f:
-            f.write(data)
+            json.dump({"version": STATE_VERSION, "records": self.records}, f,
+                      separators=(",", ":"), sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(self.dir)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        with open(self.journal_path, "wb") as f:
+            os.fsync(f.fileno())
+        self._journal_lines = 0
 
     def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         self._lock_file.close()
