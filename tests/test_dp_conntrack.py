@@ -64,6 +64,10 @@ def test_tcp_states_and_events_through_a_full_connection(h: DpHarness) -> None:
     assert closed.orig.packets == 4 and closed.reply.packets == 3
     assert closed.orig.seq_next == 1012 and closed.reply.seq_next == 5002
     assert closed.orig.state == L.CT_CLOSED
+    # a retransmission or keepalive (snd_una - 1) does not move seq_next back
+    h.run(tcp(flags="A", seq=1011))
+    assert [e.seq_next for k, e in h.dp.maps["lb_conntrack"].items()
+            if e.dir == L.CT_DIR_ORIGINAL] == [1012]
     # a SYN on the closed tuple is a new connection, selected afresh
     out = h.run(tcp(flags="S", seq=9000))[1]
     assert out[IP].dst == EPS[1] and state(h) == "sync-sent"

@@ -147,9 +147,14 @@ static __always_inline void lb_ct_update(const struct lb_ct_key *key, struct lb_
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, pkt->len);
 	/* What the receiver expects next from this side: a reset the agent
-	 * sends on the flow's behalf must carry exactly that. */
-	if (pkt->tuple.proto == IPPROTO_TCP && !(pkt->tcp_flags & LB_TCP_RST))
-		ct->seq_next = pkt->seq + pkt->seq_len;
+	 * sends on the flow's behalf must carry exactly that. Retransmissions
+	 * and keepalives (snd_una - 1) must not move it back. */
+	if (pkt->tuple.proto == IPPROTO_TCP && !(pkt->tcp_flags & LB_TCP_RST)) {
+		__u32 next_seq = pkt->seq + pkt->seq_len;
+
+		if (!ct->seq_next || (__s32)(next_seq - ct->seq_next) > 0)
+			ct->seq_next = next_seq;
+	}
 	if (next == prev && fin_seen == ct->fin_seen)
 		return;
 	ct->state = next;

@@ -27,10 +27,12 @@ EventHandler = Callable[[LbEvent], None]
 
 class EventPump:
     def __init__(self, dp: Dataplane, handlers: Sequence[EventHandler],
-                 on_lost: Callable[[int], None] | None = None) -> None:
+                 on_lost: Callable[[int], None] | None = None,
+                 on_batch: Callable[[], None] | None = None) -> None:
         self.dp = dp
         self.handlers = list(handlers)
         self.on_lost = on_lost
+        self.on_batch = on_batch  # after each batch of events (e.g. flush the audit log)
         self.received = 0
         self.lost_reported = dp.drop_counters()["events-lost"][0]
         self._stop = threading.Event()
@@ -61,12 +63,18 @@ class EventPump:
 
     def drain(self) -> int:
         """Handle what is queued now (for tests and shutdown)."""
-        return self._ring.poll(0)
+        return self._poll(0)
+
+    def _poll(self, timeout_ms: int) -> int:
+        handled = self._ring.poll(timeout_ms)
+        if handled and self.on_batch:
+            self.on_batch()
+        return handled
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self._ring.poll(200) == 0:
+                if self._poll(200) == 0:
                     self._check_lost()
             except Exception:
                 log.exception("event pump")
@@ -74,7 +82,8 @@ class EventPump:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self.drain()
         self._check_lost()
         self._ring.close()

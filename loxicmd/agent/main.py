@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import socket
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
+
+if TYPE_CHECKING:
+    from .dataplane import Dataplane
+    from .rules import RuleTable
 
 log = logging.getLogger("loxilbd")
 
@@ -67,11 +74,16 @@ def _interfaces(value: str) -> list[str] | None:
                    "on the pinned maps until the next agent takes over).")
 @click.option("--cleanup", is_flag=True,
               help="Detach the datapath from every interface, remove the pinned maps, exit.")
+@click.option("--audit-max-mb", type=click.IntRange(1, 1 << 20), default=64, show_default=True,
+              help="Rotate the connection audit log (STATE_DIR/audit.log) at this size.")
+@click.option("--audit-backups", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="Rotated audit logs kept (audit.log.1 ... audit.log.N).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         bpffs_dir: str | None, ct_entries: int | None, token: str | None,
-        detach_on_exit: bool, cleanup: bool, log_level: str) -> None:
+        detach_on_exit: bool, cleanup: bool, audit_max_mb: int, audit_backups: int,
+        log_level: str) -> None:
     """The load-balancer agent: loads the eBPF datapath, serves the REST API."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -99,36 +111,57 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         store = StateStore(state_dir)
     except StateDirBusy as exc:
         raise click.ClickException(str(exc)) from None
-    dp = None
-    try:
-        dp = Dataplane(pin_dir, ct_entries=ct_entries)
-        table = RuleTable(dp, store)
-        restored = table.restore()
-        dp.attach(ifnames if ifnames is not None else interfaces_in_namespace())
+    with contextlib.ExitStack() as stack:
+        stack.callback(store.close)
+        dp: Dataplane | None = None
+        try:
+            dp = Dataplane(pin_dir, ct_entries=ct_entries)
+            stack.callback(dp.close)
+            table = RuleTable(dp, store)
+            restored = table.restore()
+            _start_conntrack_workers(stack, dp, table, Path(state_dir), audit_max_mb,
+                                     audit_backups)
+            dp.attach(ifnames if ifnames is not None else interfaces_in_namespace())
+        except (OSError, ValueError) as exc:
+            if dp is not None:
+                dp.detach_all()
+            raise click.ClickException(str(exc)) from None
         log.info("datapath on %s, maps in %s, %d rules restored from %s",
                  ", ".join(dp.attached) or "no interface", pin_dir, restored, state_dir)
-        app = create_app(table, token)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                               access_log=False, lifespan="off"))
+        server = uvicorn.Server(uvicorn.Config(create_app(table, token), host=host, port=port,
+                                               log_level="warning", access_log=False,
+                                               lifespan="off"))
         # uvicorn handles SIGTERM/SIGINT while it runs and re-raises them to the
         # previous handlers when it is done: make that a no-op so the clean-up
         # below runs and the exit status is 0.
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: None)
         server.run()
+        log.info("stopping")
+        if detach_on_exit or not server.started:
+            dp.detach_all()
         if not server.started:
             raise click.ClickException(f"could not serve the API on {host}:{port}")
-        log.info("stopping")
-        if detach_on_exit:
-            dp.detach_all()
-    except (OSError, ValueError) as exc:
-        if dp is not None:
-            dp.detach_all()
-        raise click.ClickException(str(exc)) from None
-    finally:
-        if dp is not None:
-            dp.close()
-        store.close()
+
+
+def _start_conntrack_workers(stack: contextlib.ExitStack, dp: Dataplane, table: RuleTable,
+                             state_dir: Path, audit_max_mb: int, audit_backups: int) -> None:
+    """Expiry of idle flows, and the readers of conntrack events: the audit
+    log and the resets sent to both ends of TCP flows the LB ends."""
+    from .audit import AuditLog
+    from .events import EventPump, Sweeper
+    from .tcpreset import ResetSender
+
+    audit = AuditLog(state_dir / "audit.log", max_bytes=audit_max_mb * 1024 * 1024,
+                     backups=audit_backups, rule_name=table.name_of)
+    stack.callback(audit.close)
+    resets = ResetSender()
+    stack.callback(resets.close)
+    pump = EventPump(dp, [audit.handle, resets.reset_flow], on_lost=audit.note_lost,
+                     on_batch=audit.flush).start()
+    stack.callback(pump.stop)
+    sweeper = Sweeper(dp).start()
+    stack.callback(sweeper.stop)
 
 
 def main() -> None:

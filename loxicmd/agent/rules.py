@@ -278,6 +278,13 @@ class RuleTable:
                 and k.block == block and k.host == host
                 and (port_max is None or k.port_max == port_max)]
 
+    def name_of(self, rule_id: int) -> str:
+        """The service name of a rule id ("" when unknown): read by the event thread."""
+        for rec in list(self.records.values()):
+            if rec.rule_id == rule_id:
+                return rec.rule.name
+        return ""
+
     def by_name(self, name: str) -> list[RuleKey]:
         return [k for k, r in self.records.items() if r.rule.name == name]
 
