@@ -83,7 +83,7 @@ class NetnsThread:
 
 
 class DpHarness:
-    def __init__(self, tmp_path: Path, ct_entries: int = 65536) -> None:
+    def __init__(self, tmp_path: Path, ct_entries: int = 65536, **table_limits: int) -> None:
         self.netns = NetnsThread()
         self.pin_dir = f"/sys/fs/bpf/loxilb-test-{uuid.uuid4().hex[:8]}"
         self.store = StateStore(tmp_path / f"state-{uuid.uuid4().hex[:6]}")
@@ -92,7 +92,7 @@ class DpHarness:
         except BaseException:
             self.close()
             raise
-        self.table = RuleTable(self.dp, self.store)
+        self.table = RuleTable(self.dp, self.store, **table_limits)
         self._events: list[L.LbEvent] = []
         self._syn_template = bytes(tcp())
         self._ring = RingBuffer(self.dp.maps["lb_events"].fd,

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,22 @@ class LbNode:
             return int(status), json.loads(text) if text else None
         except json.JSONDecodeError:
             return int(status), text
+
+    def bulk_post(self, path: str, bodies: list[dict[str, Any]]) -> list[int]:
+        """POST many bodies over one keep-alive connection from inside the
+        namespace (hundreds of curl processes would dominate a test's time)."""
+        script = (
+            "import http.client, json, sys\n"
+            "conn = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=30)\n"
+            "codes = []\n"
+            "for line in sys.stdin:\n"
+            "    conn.request('POST', sys.argv[2], line, {'Content-Type': 'application/json'})\n"
+            "    r = conn.getresponse(); r.read(); codes.append(r.status)\n"
+            "print(json.dumps(codes))\n"
+        )
+        cp = self.ns.run(sys.executable, "-c", script, str(self.port), f"/netlox/v1{path}",
+                         input="".join(json.dumps(b) + "\n" for b in bodies), timeout=600)
+        return json.loads(cp.stdout)
 
     def rules(self) -> list[dict[str, Any]]:
         status, body = self.api("GET", "/config/loadbalancer/all")

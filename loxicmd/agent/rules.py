@@ -54,29 +54,31 @@ class RuleRecord:
     slots: dict[tuple[str, int], int] = field(default_factory=dict)  # endpoint -> counter slot
 
 
-class SlotPool:
-    """Endpoint slots (indexes into the datapath's endpoint table), shared by all rules."""
+class IdPool:
+    """Numbers 0..size-1 handed out and taken back: rule ids, endpoint slots."""
 
-    def __init__(self, size: int = LB_MAX_EP_SLOTS) -> None:
+    def __init__(self, size: int, what: str, field: str) -> None:
         self.size = size
+        self.what = what
+        self.field = field
         self.used: set[int] = set()
         self._next = 0
 
-    def take(self, slot: int) -> None:
-        self.used.add(slot)
+    def take(self, number: int) -> None:
+        self.used.add(number)
 
     def allocate(self) -> int:
         if len(self.used) >= self.size:
-            raise ApiError(403, "endpoint-capacity",
-                           f"endpoints: the datapath holds at most {self.size} endpoints "
-                           "over all rules")
+            raise ApiError(403, f"{self.what}-capacity",
+                           f"{self.field}: the datapath holds at most {self.size} "
+                           f"{self.what}s; delete some first")
         while self._next in self.used:
             self._next = (self._next + 1) % self.size
         self.used.add(self._next)
         return self._next
 
-    def free(self, slots: Iterable[int]) -> None:
-        self.used.difference_update(slots)
+    def free(self, numbers: Iterable[int]) -> None:
+        self.used.difference_update(numbers)
 
     @property
     def available(self) -> int:
@@ -84,11 +86,13 @@ class SlotPool:
 
 
 class RuleTable:
-    def __init__(self, dataplane: Dataplane, store: StateStore) -> None:
+    def __init__(self, dataplane: Dataplane, store: StateStore, max_rules: int = LB_MAX_RULES,
+                 max_endpoints: int = LB_MAX_EP_SLOTS) -> None:
         self.dp = dataplane
         self.store = store
         self.records: dict[RuleKey, RuleRecord] = {}
-        self.slots = SlotPool()
+        self.rule_ids = IdPool(max_rules, "rule", "serviceArguments")
+        self.slots = IdPool(max_endpoints, "endpoint", "endpoints")
         self.lock = threading.RLock()
 
     # -- persistence --------------------------------------------------------
@@ -114,6 +118,7 @@ class RuleTable:
                     raise ValueError(f"{where}: its slots or id do not match its endpoints")
                 self.dp.program_rule(rule_id, rule, slots)
                 self.records[rule.key] = RuleRecord(rule_id, rule, slots)
+                self.rule_ids.take(rule_id)
                 for slot in slots.values():
                     self.slots.take(slot)
             stale = self.dp.remove_stale_services({r.rule_id for r in self.records.values()})
@@ -131,14 +136,6 @@ class RuleTable:
                            f"could not save state in {self.store.dir}: {exc}") from exc
 
     # -- changes ------------------------------------------------------------
-    def _free_rule_id(self) -> int:
-        used = {r.rule_id for r in self.records.values()}
-        for rule_id in range(LB_MAX_RULES):
-            if rule_id not in used:
-                return rule_id
-        raise ApiError(403, "lbrule-capacity",
-                       f"the datapath holds at most {LB_MAX_RULES} rules; delete one first")
-
     def _check_capacity(self, rule: LbRule, replacing: RuleRecord | None) -> None:
         others = [r.rule for r in self.records.values()
                   if replacing is None or r.rule.key != replacing.rule.key]
@@ -154,6 +151,10 @@ class RuleTable:
             raise ApiError(403, "endpoint-capacity",
                            f"endpoints: {new_eps} new endpoints, {self.slots.available} of "
                            f"{self.slots.size} endpoint slots are free")
+        if replacing is None and not self.rule_ids.available:
+            raise ApiError(403, "rule-capacity",
+                           f"serviceArguments: the datapath holds at most {self.rule_ids.size} "
+                           "rules; delete some first")
         sources = sum(len(r.allowed_sources) for r in others)
         if sources + len(rule.allowed_sources) > LB_ALLOW_ENTRIES:
             raise ApiError(403, "allowlist-capacity",
@@ -212,7 +213,7 @@ class RuleTable:
 
     def _install(self, rule: LbRule, current: RuleRecord | None) -> None:
         if current is None:
-            record = RuleRecord(self._free_rule_id(), rule)
+            record = RuleRecord(self.rule_ids.allocate(), rule)
             self.dp.reset_rule_state(record.rule_id)
         else:
             record = RuleRecord(current.rule_id, rule)
@@ -231,6 +232,8 @@ class RuleTable:
             self._persist(put=record)
         except Exception:
             self.slots.free(fresh)
+            if current is None:
+                self.rule_ids.free([record.rule_id])
             self._rollback(rule.key, record, current)
             raise
         if current is not None:
@@ -268,6 +271,7 @@ class RuleTable:
             for rec in doomed:
                 self.dp.remove_rule(rec.rule_id, rec.rule, rec.slots.values())
                 self.slots.free(rec.slots.values())
+                self.rule_ids.free([rec.rule_id])
                 log.info("deleted rule %s (id %d)", rec.rule.key.describe(), rec.rule_id)
             return len(doomed)
 
