@@ -55,7 +55,9 @@ CT_STATE_NAMES: dict[int, str] = {
 
 EV_NEW, EV_EST, EV_CLOSED, EV_EXPIRED = 1, 2, 3, 4
 EVENT_NAMES = {EV_NEW: "new", EV_EST: "established", EV_CLOSED: "closed", EV_EXPIRED: "expired"}
-REASON_NAMES = {0: "", 1: "fin", 2: "rst", 3: "timeout", 4: "endpoint removed", 5: "rule deleted"}
+REASON_NAMES = {0: "", 1: "fin", 2: "rst", 3: "timeout", 4: "endpoint removed",
+                5: "rule deleted", 6: "endpoint down"}
+REASON_EP_DOWN = 6
 
 SWEEP_IDLE, SWEEP_RULE, SWEEP_ENDPOINT = 0, 1, 2
 

@@ -3,7 +3,7 @@
  *
  * lb_ingress, on TC (clsact) ingress: parse -> conntrack lookup -> (miss)
  * service lookup, allow-list, endpoint selection, conntrack create -> NAT
- * rewrite -> counters -> TC_ACT_OK (the kernel routes the rewritten packet).
+ * rewrite -> counters -> FIB lookup and redirect to the egress interface.
  * Anything that is not ours passes untouched.
  *
  * lb_sweep, run by the agent through BPF_PROG_TEST_RUN: walks conntrack to
@@ -20,6 +20,7 @@
 #include "include/select.h"
 #include "include/conntrack.h"
 #include "include/nat.h"
+#include "include/forward.h"
 
 /* Enough for Ethernet + VLAN + IPv4 with options + TCP with options. */
 #define LB_PULL_LEN (14 + 4 + 60 + 60)
@@ -133,13 +134,14 @@ int lb_ingress(struct __sk_buff *skb)
 	lb_count_flow(ct, skb->len);
 	if (lb_apply_xlate(skb, &pkt, ct))
 		return lb_drop(LB_DROP_REWRITE, skb->len);
-	return TC_ACT_OK;
+	return lb_forward(skb, &pkt);
 }
 
 struct lb_sweep_ctx {
 	__u64 now;
 	__u32 mode;
 	__u32 target;
+	__u32 reason;
 	__u32 ended;
 };
 
@@ -167,7 +169,7 @@ static long lb_sweep_one(void *map, struct lb_ct_key *key, struct lb_ct_entry *c
 	case LB_SWEEP_ENDPOINT:
 		if (ct->ep_slot != sc->target)
 			return 0;
-		lb_ct_end(key, ct, LB_REASON_EP_REMOVED, sc->now);
+		lb_ct_end(key, ct, sc->reason ? sc->reason : LB_REASON_EP_REMOVED, sc->now);
 		break;
 	default:
 		return 1;
@@ -176,7 +178,8 @@ static long lb_sweep_one(void *map, struct lb_ct_key *key, struct lb_ct_entry *c
 	return 0;
 }
 
-/* cb[0]: LB_SWEEP_* mode, cb[1]: its target (rule id or endpoint slot).
+/* cb[0]: LB_SWEEP_* mode, cb[1]: its target (rule id or endpoint slot),
+ * cb[2]: the reason reported for ended flows (endpoint mode; 0: removed).
  * Returns the number of flows ended. */
 SEC("tc")
 int lb_sweep(struct __sk_buff *skb)
@@ -185,6 +188,7 @@ int lb_sweep(struct __sk_buff *skb)
 		.now = bpf_ktime_get_ns(),
 		.mode = skb->cb[0],
 		.target = skb->cb[1],
+		.reason = skb->cb[2],
 	};
 
 	bpf_for_each_map_elem(&lb_conntrack, lb_sweep_one, &sc, 0);

@@ -7,8 +7,10 @@ Usage::
 
 * HTTP/1.1 on tcp P: any ``GET`` gets ``200`` with body ``NAME\\n``, ``Content-Length`` and
   ``Connection: close``; the connection is closed afterwards. ``HEAD`` gets the headers only,
-  other methods get ``405``.
-* UDP on Q: every datagram is answered, to its sender, with ``NAME:`` + the payload.
+  other methods get ``405``. ``GET /peer`` answers ``NAME PEERIP:PEERPORT\\n`` instead: the
+  source address the backend saw (what a NAT mode made of the client's).
+* UDP on Q: every datagram is answered, to its sender, with ``NAME:`` + the payload; a
+  payload starting with ``peer?`` gets `` PEERIP:PEERPORT`` (the sender seen) appended.
 * TCP echo on R (optional): every byte received is sent back until the peer closes.
 
 Prints ``ready`` on stdout (flushed) once every socket is listening; exits with status 0 on
@@ -24,6 +26,8 @@ import sys
 from typing import cast
 
 HEADER_LIMIT = 64 * 1024
+PEER_PATH = "/peer"
+UDP_PEER = b"peer?"
 READ_TIMEOUT = 10.0
 
 
@@ -35,6 +39,10 @@ class HttpHandler:
     def __init__(self, name: str) -> None:
         self.name = name
         self.body = f"{name}\n".encode()
+
+    def peer_body(self, writer: asyncio.StreamWriter) -> bytes:
+        peer = writer.get_extra_info("peername")
+        return f"{self.name} {peer[0]}:{peer[1]}\n".encode()
 
     def response(self, status: str, body: bytes, send_body: bool = True) -> bytes:
         head = (
@@ -54,8 +62,12 @@ class HttpHandler:
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                 return
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            method = request_line.split(" ", 1)[0].upper()
-            if method == "GET":
+            method, _, rest = request_line.partition(" ")
+            method = method.upper()
+            path = rest.split(" ", 1)[0].split("?", 1)[0]
+            if method == "GET" and path == PEER_PATH:
+                writer.write(self.response("200 OK", self.peer_body(writer)))
+            elif method == "GET":
                 writer.write(self.response("200 OK", self.body))
             elif method == "HEAD":
                 writer.write(self.response("200 OK", self.body, send_body=False))
@@ -79,7 +91,8 @@ class UdpResponder(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
-            self.transport.sendto(self.prefix + data, addr)
+            suffix = f" {addr[0]}:{addr[1]}".encode() if data.startswith(UDP_PEER) else b""
+            self.transport.sendto(self.prefix + data + suffix, addr)
 
     def error_received(self, exc: Exception) -> None:
         log(f"udp: {exc!r}")

@@ -735,6 +735,19 @@ class Topology:
     http_port: int = 8080
     udp_port: int = 8080
     echo_port: int | None = None
+    # Every client host, the first being ``client`` (see ``tcplb_topology(n_clients=...)``).
+    clients: list[Netns] = field(default_factory=list)
+    client_ips: list[str] = field(default_factory=list)
+    lb_client_side_ips: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            self.clients = [self.client]
+            self.client_ips = [self.client_ip]
+            self.lb_client_side_ips = [self.lb_client_side_ip]
+
+
+MAX_CLIENTS = 9
 
 
 def tcplb_topology(
@@ -743,14 +756,20 @@ def tcplb_topology(
     http_port: int = 8080,
     udp_port: int = 8080,
     echo_port: int | None = None,
+    n_clients: int = 1,
 ) -> Topology:
-    """client --- lb --- srv1..srvN, plain routing through lb, backends running and verified.
+    """client(s) --- lb --- srv1..srvN, plain routing through lb, backends running and verified.
 
     client eth0 198.18.1.2/24 <-> lb lbc 198.18.1.1/24;
+    with ``n_clients`` > 1, client{j} eth0 198.18.{j}.2/24 <-> lb lbc{j} 198.18.{j}.1/24 for
+    j in 2..n_clients (``topo.clients``, ``topo.client_ips``; the LB's client-side interfaces
+    come first in ``lb_ifaces``);
     lb lbs{i} 198.18.{10+i}.1/24 <-> srv{i} eth0 198.18.{10+i}.2/24 (backend name server{i}).
     """
     if not 1 <= n_backends <= 200:
         raise ValueError("n_backends must be in 1..200")
+    if not 1 <= n_clients <= MAX_CLIENTS:
+        raise ValueError(f"n_clients must be in 1..{MAX_CLIENTS}")
     client = lab.add_ns("client")
     lb = lab.add_ns("lb")
     lb.sysctl("net.ipv4.ip_forward", 1)
@@ -766,6 +785,15 @@ def tcplb_topology(
         client_ip=client_ip, lb_client_side_ip=lb_client_side_ip,
         http_port=http_port, udp_port=udp_port, echo_port=echo_port,
     )
+    for j in range(2, n_clients + 1):
+        other = lab.add_ns(f"client{j}")
+        ip, lb_ip, lb_if = f"198.18.{j}.2", f"198.18.{j}.1", f"lbc{j}"
+        lab.link(other, lb, "eth0", lb_if, f"{ip}/24", f"{lb_ip}/24")
+        other.ip("route", "add", "default", "via", lb_ip)
+        topo.clients.append(other)
+        topo.client_ips.append(ip)
+        topo.lb_client_side_ips.append(lb_ip)
+        topo.lb_ifaces.append(lb_if)
     for i in range(1, n_backends + 1):
         srv = lab.add_ns(f"srv{i}")
         lb_ip, srv_ip, lb_if = f"198.18.{10 + i}.1", f"198.18.{10 + i}.2", f"lbs{i}"

@@ -84,6 +84,7 @@
 #define LB_REASON_TIMEOUT 3
 #define LB_REASON_EP_REMOVED 4
 #define LB_REASON_RULE_DELETED 5
+#define LB_REASON_EP_DOWN 6      /* endpoint forced down (host state red) */
 
 /* lb_dp_stats index: what the datapath dropped or passed without handling */
 #define LB_DROP_NO_ENDPOINT 0  /* rule matched, no active endpoint */
@@ -99,7 +100,7 @@
 /* lb_sweep program modes (skb->cb[0] of the test-run that drives it) */
 #define LB_SWEEP_IDLE 0       /* expire idle flows */
 #define LB_SWEEP_RULE 1       /* end every flow of rule cb[1] */
-#define LB_SWEEP_ENDPOINT 2   /* end every flow to endpoint slot cb[1] */
+#define LB_SWEEP_ENDPOINT 2   /* end every flow to endpoint slot cb[1], reason cb[2] */
 
 /* Service map key: what a client packet is matched on. */
 struct lb_svc_key {

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import datapath
@@ -121,7 +121,8 @@ class Dataplane:
                 for p in range(k.port, k.port_max + 1)]
 
     def program_rule(self, rule_id: int, rule: LbRule, slots: dict[tuple[str, int], int],
-                     old_rule: LbRule | None = None, new_slots: Iterable[int] = ()) -> None:
+                     old_rule: LbRule | None = None, new_slots: Iterable[int] = (),
+                     inactive: Collection[int] = ()) -> None:
         """Install or update a rule. Endpoints go in before the rule lists
         them, the rule before the service points at it; counters and loads of
         newly used slots start from zero."""
@@ -131,7 +132,8 @@ class Dataplane:
         for ep in rule.endpoints:
             self.maps["lb_endpoints"].update(slots[ep.ident], L.LbEndpoint(
                 addr=L.ip_to_be32(ep.ip), port=L.port_to_be16(ep.target_port),
-                weight=ep.weight, flags=L.EP_F_ACTIVE, rule_id=rule_id,
+                weight=ep.weight, rule_id=rule_id,
+                flags=0 if slots[ep.ident] in inactive else L.EP_F_ACTIVE,
                 snat_addr=L.ip_to_be32(route_source(ep.ip)) if rule.mode else 0))
         ordered = [slots[ep.ident] for ep in rule.endpoints]
         if rule.sel == L.SEL_HASH:
@@ -183,6 +185,13 @@ class Dataplane:
             self.sweep(L.SWEEP_ENDPOINT, slot)
             self.maps["lb_endpoints"].update(slot, L.LbEndpoint(rule_id=NO_RULE))
 
+    def set_endpoint_active(self, slot: int, active: bool) -> None:
+        """Health or an operator's host state: inactive endpoints get no new flows."""
+        ep = self.maps["lb_endpoints"].lookup(slot)
+        if ep is not None:
+            ep.flags = (ep.flags | L.EP_F_ACTIVE) if active else (ep.flags & ~L.EP_F_ACTIVE)
+            self.maps["lb_endpoints"].update(slot, ep)
+
     def reset_rule_state(self, rule_id: int) -> None:
         """A fresh rule id: rotation from the first endpoint, counters from zero."""
         self.maps["lb_rule_state"].update(rule_id, L.LbRuleState())
@@ -209,12 +218,12 @@ class Dataplane:
         return len(stale)
 
     # -- conntrack ------------------------------------------------------------
-    def sweep(self, mode: int, target: int = 0) -> int:
+    def sweep(self, mode: int, target: int = 0, reason: int = 0) -> int:
         """Run lb_sweep: expire idle flows (SWEEP_IDLE) or end those of a rule
         or endpoint. Returns how many flows it ended; each one is reported on
         the event ring buffer."""
         ctx = bytearray(_SKB_CTX_LEN)
-        ctx[_SKB_CB_OFFSET:_SKB_CB_OFFSET + 8] = (ctypes.c_uint32 * 2)(mode, target)
+        ctx[_SKB_CB_OFFSET:_SKB_CB_OFFSET + 12] = (ctypes.c_uint32 * 3)(mode, target, reason)
         return prog_test_run(self.sweep_fd, _DUMMY_FRAME, ctx=bytes(ctx)).retval
 
     def flows(self) -> Iterator[FlowView]:

@@ -78,6 +78,7 @@ class LbRule:
     monitor: bool = False
     private_ip: str = ""
     allowed_sources: tuple[str, ...] = ()
+    probe: RuleProbe | None = None  # set when monitor is on
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
 
     @property
@@ -86,6 +87,24 @@ class LbRule:
 
     def with_endpoints(self, endpoints: list[Endpoint]) -> LbRule:
         return replace(self, endpoints=tuple(sorted(endpoints, key=Endpoint.sort_key)))
+
+
+PROBE_TYPES = ("ping", "tcp", "udp", "http", "https", "none")
+DEFAULT_PROBE_INTERVAL_S = 10.0
+DEFAULT_PROBE_TIMEOUT_S = 2.0
+DEFAULT_PROBE_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class RuleProbe:
+    """How a monitored rule checks its endpoints (port 0: each endpoint's target port)."""
+
+    ptype: str = "tcp"
+    port: int = 0
+    req: str = ""
+    resp: str = ""
+    timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
+    retries: int = DEFAULT_PROBE_RETRIES
 
 
 def _lower_keys(obj: Any) -> Any:
@@ -159,17 +178,40 @@ def _known_code(obj: dict[str, Any], key: str, where: str, names: dict[int, str]
 def _refuse_unsupported(svc: dict[str, Any], body: dict[str, Any]) -> None:
     """Options the API defines but this agent does not carry out yet: refuse
     them when set rather than accept and ignore them."""
-    for key in ("monitor", "bgp", "proxyprotocolv2", "egress"):
+    for key in ("bgp", "proxyprotocolv2", "egress"):
         if svc.get(key):
             raise InvalidInput(f"serviceArguments.{key}", "is not supported by this agent "
                                "yet; allowed: false")
-    for key in ("host", "probetype"):
+    for key in ("host",):
         if svc.get(key):
             raise InvalidInput(f"serviceArguments.{key}", f"{svc[key]!r} is not supported "
                                "by this agent yet; allowed: empty")
     if body.get("secondaryips"):
         raise InvalidInput("secondaryIPs", "apply to sctp rules, which this datapath does not "
                            "carry yet; allowed: empty")
+
+
+def parse_rule_probe(svc: dict[str, Any], where: str) -> RuleProbe | None:
+    """The monitor options of a rule; None when monitor is off (probe options
+    without monitor are refused rather than silently unused)."""
+    keys = ("probetype", "probeport", "probereq", "proberesp", "probetimeout", "proberetries")
+    if not _bool(svc, "monitor", where):
+        given = [k for k in keys if svc.get(k) not in (None, "", 0)]
+        if given:
+            raise InvalidInput(f"{where}{given[0]}", "applies only with monitor: true")
+        return None
+    ptype = _str(svc, "probetype", where) or "tcp"
+    if ptype not in PROBE_TYPES:
+        raise InvalidInput(f"{where}probetype", f"{ptype!r} is unknown; allowed: "
+                           f"{', '.join(PROBE_TYPES)}")
+    no_port = ptype in ("ping", "none")
+    port = _int(svc, "probeport", where, 0, 0, 0 if no_port else 65535,
+                allowed="0 (no port) for ping and none" if no_port
+                else "1..65535, or 0 for each endpoint's target port")
+    timeout = _int(svc, "probeTimeout", where, int(DEFAULT_PROBE_TIMEOUT_S), 1, 3600)
+    return RuleProbe(ptype=ptype, port=port, req=_str(svc, "probereq", where),
+                     resp=_str(svc, "proberesp", where), timeout_s=float(timeout),
+                     retries=_int(svc, "probeRetries", where, DEFAULT_PROBE_RETRIES, 1, 100))
 
 
 def parse_sources(raw: Any) -> tuple[str, ...]:
@@ -271,6 +313,9 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
         private_ip=private_ip,
         allowed_sources=parse_sources(body.get("allowedsources")),
     )
+    probe = parse_rule_probe(svc, where)
+    if probe is not None:
+        rule = replace(rule, monitor=True, probe=probe)
     oper = _int(svc, "oper", where, OPER_CREATE, 0, 2, allowed="0 (create/update), "
                 "1 (attach endpoints), 2 (detach endpoints)")
     # A range forwards each port to the same port unless a target is given.
@@ -279,10 +324,19 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
     return rule, oper
 
 
-def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int, int]]
-                ) -> dict[str, Any]:
+def _probe_fields(rule: LbRule) -> dict[str, Any]:
+    p = rule.probe
+    if p is None:
+        return {}
+    return {"probetype": p.ptype, "probeport": p.port, "probereq": p.req, "proberesp": p.resp,
+            "probeTimeout": int(p.timeout_s), "probeRetries": p.retries}
+
+
+def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int, int]],
+                inactive: set[tuple[str, int]] | None = None) -> dict[str, Any]:
     """The LoadbalanceEntry the API returns for a rule."""
     k = rule.key
+    inactive = inactive or set()
     return {
         "serviceArguments": {
             "externalIP": k.external_ip,
@@ -299,13 +353,14 @@ def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int
             "host": k.host,
             "privateIP": rule.private_ip,
             "snat": rule.mode in (1, 2),
+            **_probe_fields(rule),
         },
         "endpoints": [
             {
                 "endpointIP": ep.ip,
                 "targetPort": ep.target_port,
                 "weight": ep.weight,
-                "state": "active",
+                "state": "inactive" if ep.ident in inactive else "active",
                 "counter": "{}:{}".format(*endpoint_counters.get(ep.ident, (0, 0))),
             }
             for ep in rule.endpoints
@@ -324,7 +379,7 @@ def rule_to_request(rule: LbRule) -> dict[str, Any]:
             "portMax": k.port_max if k.port_max != k.port else 0,
             "protocol": k.protocol, "sel": rule.sel, "mode": rule.mode,
             "inactiveTimeOut": rule.inactive_timeout, "block": k.block, "name": rule.name,
-            "privateIP": rule.private_ip,
+            "privateIP": rule.private_ip, "monitor": rule.monitor, **_probe_fields(rule),
         },
         "endpoints": [{"endpointIP": e.ip, "targetPort": e.target_port, "weight": e.weight}
                       for e in rule.endpoints],

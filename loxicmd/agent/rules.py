@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from datapath import layouts as L
 from datapath.layouts import (
@@ -85,11 +85,25 @@ class IdPool:
         return self.size - len(self.used)
 
 
+class RuleObserver(Protocol):
+    """Told about rule changes (the endpoint health table watches monitored rules)."""
+
+    def initially_inactive(self, record: RuleRecord) -> set[int]:
+        """Slots of a rule about to be installed that must start inactive."""
+        ...
+
+    def rule_changed(self, old: RuleRecord | None, new: RuleRecord | None) -> None:
+        """After a rule was installed, updated (both) or deleted (new is None)."""
+        ...
+
+
 class RuleTable:
     def __init__(self, dataplane: Dataplane, store: StateStore, max_rules: int = LB_MAX_RULES,
                  max_endpoints: int = LB_MAX_EP_SLOTS) -> None:
         self.dp = dataplane
         self.store = store
+        self.observer: RuleObserver | None = None
+        self.inactive: set[int] = set()  # endpoint slots that get no new flows
         self.records: dict[RuleKey, RuleRecord] = {}
         self.rule_ids = IdPool(max_rules, "rule", "serviceArguments")
         self.slots = IdPool(max_endpoints, "endpoint", "endpoints")
@@ -119,6 +133,8 @@ class RuleTable:
                 self.dp.program_rule(rule_id, rule, slots)
                 self.records[rule.key] = RuleRecord(rule_id, rule, slots)
                 self.rule_ids.take(rule_id)
+                if self.observer:
+                    self.observer.rule_changed(None, self.records[rule.key])
                 for slot in slots.values():
                     self.slots.take(slot)
             stale = self.dp.remove_stale_services({r.rule_id for r in self.records.values()})
@@ -178,7 +194,8 @@ class RuleTable:
             if oper != OPER_CREATE:
                 if current is None:
                     verb = "attach endpoints to" if oper == OPER_ATTACH else "detach endpoints from"
-                raise ApiError(404, "lbrule-not-found", f"no rule {rule.key.describe()} to {verb}")
+                    raise ApiError(404, "lbrule-not-found",
+                                   f"no rule {rule.key.describe()} to {verb}")
                 rule = self._merge_endpoints(current.rule, rule, oper)
             elif current is not None and current.rule == rule:
                 raise ApiError(409, "lbrule-exists", f"rule {rule.key.describe()} already exists "
@@ -225,9 +242,11 @@ class RuleTable:
             else:
                 record.slots[ep.ident] = self.slots.allocate()
                 fresh.append(record.slots[ep.ident])
+        if self.observer:
+            self.inactive |= self.observer.initially_inactive(record)
         try:
             self.dp.program_rule(record.rule_id, rule, record.slots,
-                                 current.rule if current else None, fresh)
+                                 current.rule if current else None, fresh, self.inactive)
             self.records[rule.key] = record
             self._persist(put=record)
         except Exception:
@@ -239,7 +258,9 @@ class RuleTable:
         if current is not None:
             gone = [slot for ident, slot in current.slots.items() if ident not in record.slots]
             self.dp.release_slots(gone)  # ends their flows (reported as endpoint removed)
-            self.slots.free(gone)
+            self._free_slots(gone)
+        if self.observer:
+            self.observer.rule_changed(current, record)
         log.info("%s rule %s (id %d, %d endpoints)", "updated" if current else "created",
                  rule.key.describe(), record.rule_id, len(rule.endpoints))
 
@@ -270,10 +291,31 @@ class RuleTable:
                 raise
             for rec in doomed:
                 self.dp.remove_rule(rec.rule_id, rec.rule, rec.slots.values())
-                self.slots.free(rec.slots.values())
+                self._free_slots(rec.slots.values())
                 self.rule_ids.free([rec.rule_id])
+                if self.observer:
+                    self.observer.rule_changed(rec, None)
                 log.info("deleted rule %s (id %d)", rec.rule.key.describe(), rec.rule_id)
             return len(doomed)
+
+    def _free_slots(self, slots: Iterable[int]) -> None:
+        slots = list(slots)
+        self.slots.free(slots)
+        self.inactive.difference_update(slots)
+
+    def set_slot_active(self, slot: int, active: bool, end_flows: bool = False) -> None:
+        """Health or host state changed: new flows go (or stop going) to the
+        endpoint; end_flows also resets its established flows."""
+        with self.lock:
+            if slot not in self.slots.used:
+                return
+            if active:
+                self.inactive.discard(slot)
+            else:
+                self.inactive.add(slot)
+            self.dp.set_endpoint_active(slot, active)
+            if end_flows:
+                self.dp.sweep(L.SWEEP_ENDPOINT, slot, L.REASON_EP_DOWN)
 
     def find(self, external_ip: str, port: int, port_max: int | None, protocol: str,
              block: int, host: str) -> list[RuleKey]:
@@ -302,7 +344,8 @@ class RuleTable:
             for rec in records:
                 counters = {ident: self.dp.endpoint_counters(slot)
                             for ident, slot in rec.slots.items()}
-                out.append(rule_to_api(rec.rule, counters))
+                down = {ident for ident, slot in rec.slots.items() if slot in self.inactive}
+                out.append(rule_to_api(rec.rule, counters, down))
             return out
 
     def conntrack_pages(self, flt: FlowFilter, after: bytes | None = None,

@@ -34,21 +34,28 @@ def _fsync_dir(path: Path) -> None:
 
 
 class StateStore:
-    def __init__(self, state_dir: str | os.PathLike[str], compact_min: int = 1000) -> None:
+    """One kind of record (`name`: lbrules, endpoints, ...) in a state directory.
+    The store made with lock=True holds the directory's lock for the agent's life."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], name: str = "lbrules",
+                 compact_min: int = 1000, lock: bool = True) -> None:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = self.dir / "lbrules.json"
-        self.journal_path = self.dir / "lbrules.journal"
+        self.path = self.dir / f"{name}.json"
+        self.journal_path = self.dir / f"{name}.journal"
         self.compact_min = compact_min
-        self._lock_file = open(self.dir / "loxilbd.lock", "a+")  # noqa: SIM115 (held for life)
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StateDirBusy(f"state directory {self.dir} is in use by another loxilbd") from None
-        self._lock_file.truncate(0)
-        self._lock_file.write(f"{os.getpid()}\n")
-        self._lock_file.flush()
+        self._lock_file = None
+        if lock:
+            self._lock_file = open(self.dir / "loxilbd.lock", "a+")  # noqa: SIM115 (held)
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock_file.close()
+                raise StateDirBusy(f"state directory {self.dir} is in use by another "
+                                   "loxilbd") from None
+            self._lock_file.truncate(0)
+            self._lock_file.write(f"{os.getpid()}\n")
+            self._lock_file.flush()
         self.records: dict[str, dict[str, Any]] = {}
         self._journal_lines = 0
         self._journal: Any = None
@@ -139,4 +146,5 @@ class StateStore:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        self._lock_file.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
