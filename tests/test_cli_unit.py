@@ -429,3 +429,68 @@ def test_unreachable_agent_exit_3(argv: list[str]) -> None:
     assert f"http://127.0.0.1:{port}" in proc.stderr
     assert proc.stderr.startswith("loxicmd: cannot reach the agent at")
     assert proc.stdout == ""
+
+
+# ---- nouns added for issue 4 ----------------------------------------------------------------
+
+
+def test_every_noun_and_alias_of_cli_md() -> None:
+    table = {
+        "loadbalancer": (("lb", "lbs", "loadbalancers"), ("get", "create", "delete")),
+        "conntrack": (("ct", "cts", "conntracks"), ("get",)),
+        "endpoint": (("ep", "endpoints"), ("get", "create", "delete")),
+        "hastate": (("ha",), ("get", "set")),
+        "bgpneighbor": (("bgpnei", "bgpneigh"), ("get", "create", "delete")),
+        "bgpglobal": ((), ("get", "create")),
+        "lbversion": ((), ("get",)), "process": ((), ("get",)),
+        "log-level": ((), ("get", "set")), "dpstats": ((), ("get",)),
+    }
+    for name, (aliases, verbs) in table.items():
+        for alias in (name, *aliases):
+            for verb in verbs:
+                noun = nouns.find(alias, verb)
+                assert noun is not None and noun.name == name, (alias, verb)
+
+
+def test_attach_detach_and_probe_bodies() -> None:
+    (body,) = lb.build_rules("20.20.20.1", ports={"tcp": [PortMap(80, None, 8080)]},
+                             endpoints=[Endpoint("10.0.0.1", 1)], oper=lb.OPER_DETACH,
+                             probe={"probetype": "http", "probeport": 8080})
+    sa = body["serviceArguments"]
+    assert sa["oper"] == 2 and sa["probetype"] == "http" and sa["probeport"] == 8080
+    (plain,) = lb.build_rules("20.20.20.1", ports={"tcp": [PortMap(80, None, 8080)]})
+    assert "oper" not in plain["serviceArguments"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--attachEP"], "need --endpoints"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=2.2.2.2:1", "--attachEP",
+      "--detachEP"], "not both"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--probetype=icmpv9"], "--probetype"),
+    (["set", "hastate", "default", "PRIMARY"], "allowed: MASTER, BACKUP, FAULT"),
+    (["set", "log-level", "loud"], "'loud' is not one of"),
+    (["create", "bgpnei", "1.1.1.1", "0"], "AS number must be 1..4294967295"),
+    (["create", "bgpnei", "1.1.1.1", "65000", "--remotePort=70000"], "--remotePort"),
+    (["create", "bgpglobal", "--localas=65000"], "--routerid"),
+    (["create", "endpoint", "1.1.1.1", "--period=0"], "--period"),
+    (["delete"], "missing noun"),
+    (["completion", "tcsh"], "'tcsh' is not one of"),
+])
+def test_more_usage_errors_exit_2(argv: list[str], expected: str) -> None:
+    result = _run(*argv)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+
+
+def test_process_cells() -> None:
+    from loxicmd.cli.nouns.process import duration, mebibytes
+
+    assert duration(93784) == "1d2h3m4s" and duration(59) == "59s" and duration(3600) == "1h0m0s"
+    assert mebibytes(51527680) == "49.1MiB" and mebibytes(None) == ""
+
+
+def test_version_and_completion_need_no_agent() -> None:
+    assert _run("version").stdout.startswith("loxicmd ")
+    for shell in ("bash", "zsh", "fish"):
+        result = _run("completion", shell)
+        assert result.exit_code == 0 and "_LOXICMD_COMPLETE" in result.stdout

@@ -2,19 +2,21 @@
 
 ``POST /config/cistate`` (keepalived's notify hook, ``loxicmd set hastate``) records the
 state of an instance; what the state does to the datapath comes with the HA work.
-The file is written the same way as the rules (``StateStore.save``: write, fsync, rename).
+The file is replaced atomically (write, fsync, rename, fsync the directory).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from .model import InvalidInput
 from .rules import ApiError
-from .store import StateStore
+from .store import _fsync_dir
 
 HA_STATES: tuple[str, ...] = ("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED")
 DEFAULT_INSTANCE = "default"
@@ -56,20 +58,20 @@ class CIStateStore:
     NOT_DEFINED as in LoxiLB."""
 
     FILE = "cistate.json"
-
-    # The rules' atomic persistence, reused: both use only ``self.path`` and ``self.dir``.
-    _load = StateStore.load
-    _save = StateStore.save
+    VERSION = 1
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir)
         self.path = self.dir / self.FILE
         self._lock = threading.Lock()
-        saved = self._load().get("instances", [])
         try:
-            self._states = {item["instance"]: parse_cistate(item) for item in saved}
-        except (InvalidInput, KeyError, TypeError) as exc:
-            raise ValueError(f"{self.path}: invalid instance entry: {exc}") from None
+            saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+            if saved and saved.get("version") != self.VERSION:
+                raise ValueError(f"unknown format (want version {self.VERSION})")
+            self._states = {item["instance"]: parse_cistate(item)
+                            for item in saved.get("instances", [])}
+        except (InvalidInput, KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"{self.path}: {exc}; fix or move it away") from None
         self._states.setdefault(DEFAULT_INSTANCE, {"instance": DEFAULT_INSTANCE,
                                                    "state": "NOT_DEFINED", "vip": ""})
 
@@ -84,7 +86,7 @@ class CIStateStore:
             previous = self._states.get(entry["instance"])
             self._states[entry["instance"]] = entry
             try:
-                self._save({"instances": list(self._states.values())})
+                self._save()
             except OSError as exc:
                 if previous is None:
                     del self._states[entry["instance"]]
@@ -93,3 +95,13 @@ class CIStateStore:
                 raise ApiError(500, "state-save-failed",
                                f"could not save state to {self.path}: {exc}") from exc
         return entry
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"version": self.VERSION, "instances": list(self._states.values())}, f,
+                      indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.dir)

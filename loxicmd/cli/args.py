@@ -247,3 +247,17 @@ def int_type(what: str, lo: int, hi: int, metavar: str = "N") -> ParsedType[int]
 def flatten(groups: Iterable[Iterable[T]]) -> list[T]:
     """Flatten the per-occurrence lists of a ``multiple=True`` list option."""
     return [item for group in groups for item in group]
+
+
+class UpperChoice(click.Choice):  # type: ignore[type-arg]
+    """Upper-case words (MASTER, BACKUP, ...) accepted in any case; errors list them as
+    they are spelt."""
+
+    def __init__(self, choices: Iterable[str]) -> None:
+        super().__init__(list(choices), case_sensitive=True)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.upper() in self.choices:
+            return value.upper()
+        self.fail(f"'{value}': allowed: {', '.join(map(str, self.choices))}", param, ctx)

@@ -69,12 +69,16 @@ def _reason(exc: BaseException, timeout: float) -> str:
 
 
 def _error_message(status: int, reason: str, text: str, data: Any) -> str:
+    message = text.strip() or reason or "no message"
     if isinstance(data, dict):
         for key in ("message", "result", "detail"):
             value = data.get(key)
             if value:
-                return value if isinstance(value, str) else json.dumps(value)
-    return text.strip() or reason or "no message"
+                message = value if isinstance(value, str) else json.dumps(value)
+                break
+    if status == 405 or (status == 404 and "path" in message.lower()):
+        message += " (this agent does not implement this API)"
+    return message
 
 
 class Client:

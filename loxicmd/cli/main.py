@@ -7,6 +7,7 @@ to the exit statuses of cli.md: 1 agent error, 2 bad usage/input, 3 agent unreac
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -84,8 +85,38 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+# Top-level commands other than the verb groups: module, attribute, help (for --help
+# without importing them).
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "save": ("loxicmd.cli.saveapply", "save_cmd", "Save the agent's configuration as files."),
+    "apply": ("loxicmd.cli.saveapply", "apply_cmd", "Create or update objects from files."),
+    "version": ("loxicmd.cli.misc", "version_cmd", "Show loxicmd's version."),
+    "completion": ("loxicmd.cli.misc", "completion_cmd",
+                   "Print a shell completion script (bash, zsh, fish)."),
+}
+
+
 class RootGroup(click.Group):
-    """The top-level group; its ``main`` maps exceptions to exit statuses."""
+    """The top-level group; its ``main`` maps exceptions to exit statuses and it loads the
+    non-verb commands (LAZY_COMMANDS) only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.commands, *LAZY_COMMANDS]  # definition order: get first
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            module, attr, _ = LAZY_COMMANDS[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(limit=80)) for name, cmd in self.commands.items()]
+        rows += [(name, help_text) for name, (_, _, help_text) in LAZY_COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(  # type: ignore[override]
         self,
@@ -104,6 +135,11 @@ class RootGroup(click.Group):
              **extra: Any) -> int:
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except BrokenPipeError:
+            # The reader went away (``| head``): quiet, as the shell's own tools are.
+            sys.stderr.close()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.format_message(), err=True)
             return EXIT_USAGE
@@ -157,7 +193,29 @@ def _verb(name: str, help_text: str) -> VerbGroup:
 
 get = _verb("get", "Show objects (table, -o wide, -o json, -o yaml).")
 create = _verb("create", "Create objects.")
-delete = _verb("delete", "Delete objects.")
+
+
+@click.group("delete", cls=VerbGroup, invoke_without_command=True,
+             context_settings=CONTEXT_SETTINGS)
+@click.option("-f", "--file", "file_", metavar="FILE",
+              help="Delete the objects of this YAML file (as given to apply -f), all or none.")
+@global_options()
+@click.pass_context
+def delete(ctx: click.Context, file_: str | None) -> None:
+    """Delete objects: a noun with its arguments, or -f FILE."""
+    if file_ is not None and ctx.invoked_subcommand is not None:
+        raise click.UsageError("give a noun or -f FILE, not both", ctx)
+    if ctx.invoked_subcommand is None:
+        if file_ is None:
+            raise click.UsageError("missing noun (or -f FILE)", ctx)
+        from loxicmd.cli.options import settings
+        from loxicmd.cli.saveapply import delete_file
+
+        ctx.exit(delete_file(settings(ctx), file_))
+
+
+cli.add_command(delete)
+set_ = _verb("set", "Change agent settings (hastate, log-level).")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

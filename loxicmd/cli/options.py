@@ -8,9 +8,11 @@ the value given last on the command line (the leaf's) wins.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -50,9 +52,34 @@ class Settings:
             self.port,
             protocol=self.protocol,
             timeout=self.timeout,
-            token=self.token,
+            token=self.token if self.token is not None else file_token(),
             debug=self.debug if self.verbose else None,
         )
+
+
+def token_path() -> Path:
+    """``$LOXICMD_TOKEN_FILE``, else ``$XDG_CONFIG_HOME/loxicmd/token`` (~/.config)."""
+    explicit = os.environ.get("LOXICMD_TOKEN_FILE")
+    if explicit:
+        return Path(explicit)
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(config) / "loxicmd" / "token"
+
+
+def file_token() -> str | None:
+    """The token file's content when there is one; it must be readable by its owner only."""
+    path = token_path()
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o077:
+        raise click.BadParameter(f"'{path}' is mode {mode & 0o777:04o}; a token file must "
+                                 "be 0600 (chmod 600 it)", param_hint="token file")
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise click.BadParameter(f"'{path}': {exc.strerror}", param_hint="token file") from None
 
 
 # name -> (param decls, click kwargs, root default, environment variable)
@@ -90,7 +117,9 @@ _GLOBALS: dict[str, tuple[tuple[str, ...], dict[str, Any], Any, str | None]] = {
     ),
     "token": (
         ("--token",),
-        {"metavar": "TOKEN", "help": "API token, sent as 'Authorization: Bearer <token>'."},
+        {"metavar": "TOKEN", "help": "API token, sent as 'Authorization: Bearer <token>' "
+         "(else $LOXICMD_TOKEN, else the 0600 file $LOXICMD_TOKEN_FILE or "
+         "~/.config/loxicmd/token)."},
         None,
         "LOXICMD_TOKEN",
     ),

@@ -7,17 +7,17 @@ colour) so ``cut -d'|'`` scripts work. A terminal: a rich table (rich imported o
 
 from __future__ import annotations
 
-import ipaddress
 import json
+import socket
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 OUTPUTS: tuple[str, ...] = ("table", "wide", "json", "yaml")
 
-GREEN_STATES = frozenset({"est", "active", "ok"})
-RED_STATES = frozenset({"closed", "inactive", "nok"})
+GREEN_STATES = frozenset({"est", "active", "ok", "MASTER", "Established"})
+RED_STATES = frozenset({"closed", "inactive", "nok", "FAULT", "STOP", "Idle"})
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,25 @@ class Column:
     header: str
     value: str | Callable[[Any], Any]
     state: bool = False  # colour the cell as a state on a terminal
+    _get: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # the getter is chosen once, not per cell
+        key = self.value
+        object.__setattr__(self, "_get", key if callable(key) else (lambda row: row.get(key)))
 
     def cell(self, row: Any) -> str:
-        raw = self.value(row) if callable(self.value) else row.get(self.value)
-        return format_cell(raw)
+        return format_cell(self._get(row))
 
 
 def format_cell(value: Any) -> str:
+    kind = value.__class__
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value)
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if kind is bool:
         return "true" if value else "false"
     if isinstance(value, list | tuple):
         return ",".join(format_cell(v) for v in value)
@@ -45,31 +54,42 @@ def format_cell(value: Any) -> str:
 
 def ip_key(text: Any) -> tuple[int, int, str]:
     """Numeric sort key for an address: IPv4 before IPv6, unparsable text last."""
-    try:
-        addr = ipaddress.ip_address(str(text).strip("[]"))
-    except ValueError:
-        return (9, 0, str(text))
-    return (addr.version, int(addr), "")
+    bare = str(text).strip("[]")
+    for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+        try:
+            return (version, int.from_bytes(socket.inet_pton(family, bare), "big"), "")
+        except (OSError, ValueError):
+            continue
+    return (9, 0, str(text))
 
 
 def table_cells(rows: Sequence[Any], columns: Sequence[Column]) -> list[list[str]]:
     return [[col.cell(row) for col in columns] for row in rows]
 
 
+def column_widths(columns: Sequence[Column], body: Sequence[Sequence[str]]) -> list[int]:
+    if not body:
+        return [len(col.header) for col in columns]
+    return [max(len(col.header), max(map(len, cells)))
+            for col, cells in zip(columns, zip(*body, strict=True), strict=True)]
+
+
+def pipe_lines(cells: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
+    """``| a | b |`` lines, each cell padded to its column's width (longer ones overflow)."""
+    return ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+            for line in cells]
+
+
+def pipe_header(columns: Sequence[Column], widths: Sequence[int]) -> list[str]:
+    return [*pipe_lines([[col.header for col in columns]], widths),
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+
+
 def pipe_table(rows: Sequence[Any], columns: Sequence[Column]) -> str:
     """The Go tool's pipe table, without a trailing newline."""
-    headers = [col.header for col in columns]
     body = table_cells(rows, columns)
-    widths = [len(h) for h in headers]
-    for line in body:
-        widths = [max(w, len(c)) for w, c in zip(widths, line, strict=True)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    lines = [fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines.extend(fmt(line) for line in body)
-    return "\n".join(lines)
+    widths = column_widths(columns, body)
+    return "\n".join([*pipe_header(columns, widths), *pipe_lines(body, widths)])
 
 
 def state_style(value: str) -> str | None:
@@ -82,18 +102,19 @@ def state_style(value: str) -> str | None:
     return "yellow"
 
 
-def _rich_table(rows: Sequence[Any], columns: Sequence[Column], out: TextIO) -> None:
+def _rich_table(rows: Sequence[Any], columns: Sequence[Column], out: TextIO, *,
+                widths: Sequence[int] | None = None, header: bool = True) -> list[int]:
+    """A colour table on a terminal; returns the column widths used (for following pages)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     body = table_cells(rows, columns)
-    table = Table(show_header=True, header_style="bold", show_edge=False, pad_edge=False)
-    widths = [len(col.header) for col in columns]
-    for line in body:
-        widths = [max(w, len(c)) for w, c in zip(widths, line, strict=True)]
-    for col in columns:
-        table.add_column(col.header, no_wrap=True)
+    natural = column_widths(columns, body)
+    widths = [max(a, b) for a, b in zip(natural, widths, strict=True)] if widths else natural
+    table = Table(show_header=header, header_style="bold", show_edge=False, pad_edge=False)
+    for col, width in zip(columns, widths, strict=True):
+        table.add_column(col.header, no_wrap=True, min_width=width)
     for line in body:
         table.add_row(*(
             Text(text, style=(state_style(text) if col.state else None) or "")
@@ -101,10 +122,11 @@ def _rich_table(rows: Sequence[Any], columns: Sequence[Column], out: TextIO) -> 
         ))
     console = Console(file=out, highlight=False)
     # Never fold cells: a table wider than the terminal is left to the terminal to wrap.
-    natural = sum(widths) + 3 * len(widths) + 1
-    if natural > console.width:
-        console = Console(file=out, highlight=False, width=natural)
+    total = sum(widths) + 3 * len(widths) + 1
+    if total > console.width:
+        console = Console(file=out, highlight=False, width=total)
     console.print(table)
+    return widths
 
 
 def to_json(data: Any) -> str:
@@ -116,6 +138,11 @@ def to_yaml(data: Any) -> str:
 
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False,
                           allow_unicode=True).rstrip("\n")
+
+
+def is_terminal(out: TextIO) -> bool:
+    """Whether ``out`` is a terminal (colour table) rather than a pipe or file."""
+    return out.isatty()
 
 
 def render(
@@ -134,7 +161,7 @@ def render(
         print(to_json(raw), file=out)
     elif output == "yaml":
         print(to_yaml(raw), file=out)
-    elif (out.isatty() if tty is None else tty):
+    elif is_terminal(out) if tty is None else tty:
         _rich_table(rows, columns, out)
     else:
         print(pipe_table(rows, columns), file=out)
@@ -147,3 +174,58 @@ def print_result(output: str, raw: Any, text: str = "", *, out: TextIO | None = 
         print(to_json(raw) if raw is not None else text, file=out)
     elif output == "yaml":
         print(to_yaml(raw) if raw is not None else text, file=out)
+
+
+def render_pages(
+    pages: Iterable[Any],
+    list_key: str,
+    rows_of: Callable[[Any], Sequence[Any]],
+    columns: Sequence[Column],
+    output: str,
+    *,
+    out: TextIO | None = None,
+    tty: bool | None = None,
+) -> None:
+    """Stream a list that arrives page by page (bodies ``{list_key: [...]}``): nothing is
+    held beyond one page. JSON/YAML come out as one ``{list_key: [...]}`` document; tables
+    take their column widths from the first page and sort rows within each page."""
+    out = out or sys.stdout
+    if output in ("json", "yaml"):
+        _stream_document(pages, list_key, output, out)
+        return
+    on_tty = is_terminal(out) if tty is None else tty
+    widths: list[int] | None = None
+    for page in pages:
+        rows = rows_of(page)
+        if on_tty:
+            widths = _rich_table(rows, columns, out, widths=widths, header=widths is None)
+            continue
+        body = table_cells(rows, columns)
+        lines = []
+        if widths is None:
+            widths = column_widths(columns, body)
+            lines = pipe_header(columns, widths)
+        lines += pipe_lines(body, widths)
+        if lines:
+            print("\n".join(lines), file=out, flush=True)
+
+
+def _stream_document(pages: Iterable[Any], list_key: str, output: str, out: TextIO) -> None:
+    """The same text as to_json/to_yaml of ``{list_key: all items}``, written per item."""
+    count = 0
+    for page in pages:
+        items = page.get(list_key) if isinstance(page, dict) else None
+        for item in items or []:
+            if output == "json":
+                text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n    ")
+                head = "{\n  " + json.dumps(list_key) + ": [\n    " if not count else ",\n    "
+                out.write(head + text)
+            else:
+                key = to_yaml({list_key: None}).removesuffix(" null")
+                out.write(("" if count else f"{key}\n") + to_yaml([item]) + "\n")
+            count += 1
+        out.flush()
+    if not count:
+        out.write((to_json if output == "json" else to_yaml)({list_key: []}) + "\n")
+    elif output == "json":
+        out.write("\n  ]\n}\n")

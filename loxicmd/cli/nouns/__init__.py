@@ -37,6 +37,16 @@ NOUNS: tuple[Noun, ...] = (
          ("get", "create", "delete"), "Load-balancer rules."),
     Noun("conntrack", "ct", ("ct", "cts", "conntracks"),
          ("get",), "Connection-tracking entries."),
+    Noun("endpoint", "endpoint", ("ep", "endpoints"),
+         ("get", "create", "delete"), "Endpoint health probes."),
+    Noun("hastate", "ha", ("ha",), ("get", "set"), "HA instance states."),
+    Noun("bgpneighbor", "bgpneighbor", ("bgpnei", "bgpneigh"),
+         ("get", "create", "delete"), "BGP neighbors."),
+    Noun("bgpglobal", "bgpglobal", (), ("get", "create"), "BGP global settings."),
+    Noun("lbversion", "lbversion", (), ("get",), "The agent's version."),
+    Noun("process", "process", (), ("get",), "The agent process."),
+    Noun("log-level", "loglevel", (), ("get", "set"), "The agent's log level."),
+    Noun("dpstats", "dpstats", (), ("get",), "Datapath counters by reason."),
 )
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import itertools
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from loxicmd.cli import args
 from loxicmd.cli.options import global_options, settings
-from loxicmd.cli.render import Column, ip_key, render
+from loxicmd.cli.render import Column, ip_key, render, render_pages
+
+if TYPE_CHECKING:
+    from loxicmd.cli.client import Client
 
 PATH_ALL = "/config/conntrack/all"
+PAGE_SIZE = 1000
 
 COLUMNS: tuple[Column, ...] = (
     Column("SERVICE NAME", "servName"),
@@ -49,6 +54,30 @@ def filters(serv_name: str | None, ip: str | None, port: int | None, state: str 
     return {k: v for k, v in query.items() if v is not None}
 
 
+def pages(client: Client, query: Mapping[str, Any], limit: int | None,
+          page_size: int | None = None) -> Iterator[dict[str, Any]]:
+    """Fetch entries page by page (``limit``/``after``, the agent's ``next`` token) until
+    the agent has no more or ``limit`` entries came; the last page is cut to ``limit``."""
+    page_size = page_size or PAGE_SIZE
+    after: str | None = None
+    remaining = limit
+    while True:
+        size = page_size if remaining is None else min(page_size, remaining)
+        body = client.get(PATH_ALL, query={**query, "limit": size, "after": after}).data
+        if not isinstance(body, dict):
+            body = {"ctAttr": []}
+        entries = body.get("ctAttr") or []
+        if remaining is not None and len(entries) > remaining:
+            body = {**body, "ctAttr": entries[:remaining]}
+            entries = body["ctAttr"]
+        yield body
+        if remaining is not None:
+            remaining -= len(entries)
+        after = body.get("next") or None
+        if after is None or not entries or remaining == 0:
+            return
+
+
 @click.command("conntrack")
 @click.option("--servName", "serv_name", metavar="NAME", help="Only this service's entries.")
 @click.option("--ip", type=args.IP, help="Only entries with this source or destination IP.")
@@ -61,10 +90,17 @@ def filters(serv_name: str | None, ip: str | None, port: int | None, state: str 
 @click.pass_context
 def get_ct(ctx: click.Context, serv_name: str | None, ip: str | None, ct_port: int | None,
            state: str | None, limit: int | None) -> None:
-    """List connection-tracking entries."""
+    """List connection-tracking entries (fetched and printed page by page)."""
     s = settings(ctx)
-    resp = s.client().get(PATH_ALL, query=filters(serv_name, ip, ct_port, state, limit))
-    render(sorted_entries(resp.data), COLUMNS, s.output, resp.data)
+    stream = pages(s.client(), filters(serv_name, ip, ct_port, state, None), limit)
+    first = next(stream)
+    if first.get("next") and limit is not None and len(first["ctAttr"]) >= limit:
+        del first["next"]  # not followed: the limit is reached
+    if not first.get("next"):
+        render(sorted_entries(first), COLUMNS, s.output, first)
+    else:
+        render_pages(itertools.chain([first], stream), "ctAttr", sorted_entries, COLUMNS,
+                     s.output)
 
 
 COMMANDS: dict[str, click.Command] = {"get": get_ct}

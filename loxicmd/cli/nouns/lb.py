@@ -10,6 +10,7 @@ import click
 
 from loxicmd.cli import args
 from loxicmd.cli.args import Endpoint, PortMap, PortRange
+from loxicmd.cli.complete import rule_ips, rule_names
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column, ip_key, render
 from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, SELECTION_NAMES, code_for_name
@@ -17,6 +18,8 @@ from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, SELECTION_NAMES, code_for_n
 # ---- API paths (api.md) -------------------------------------------------------------------
 
 MARK_MAX = 2**32 - 1
+OPER_CREATE, OPER_ATTACH, OPER_DETACH = 0, 1, 2
+PROBE_TYPES = ("ping", "tcp", "udp", "sctp", "http", "https", "none")
 
 PATH = "/config/loadbalancer"
 PATH_ALL = "/config/loadbalancer/all"
@@ -166,8 +169,13 @@ def build_rules(
     host: str = "",
     sources: Sequence[str] = (),
     secips: Sequence[str] = (),
+    oper: int = OPER_CREATE,
+    probe: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One LoadbalanceEntry per port mapping per protocol (tcp, udp, sctp, then icmp)."""
+    """One LoadbalanceEntry per port mapping per protocol (tcp, udp, sctp, then icmp).
+
+    ``oper`` 1/2 attaches/detaches the endpoints to/from existing rules; ``probe`` holds the
+    monitor options given (probetype, probeport, probereq, proberesp), sent as they are."""
     mode_code = code_for_name(NAT_MODE_NAMES, mode)
     if mode_code is None:
         raise click.BadParameter(f"'{mode}': allowed: {', '.join(NAT_MODE_NAMES.values())}",
@@ -195,6 +203,9 @@ def build_rules(
         if inactive_timeout is not None:
             sa["inactiveTimeOut"] = inactive_timeout
         sa.update(block=mark, name=name, host=host)
+        if oper != OPER_CREATE:
+            sa["oper"] = oper
+        sa.update(probe or {})
         bodies.append({
             "serviceArguments": sa,
             "endpoints": [
@@ -260,7 +271,7 @@ def get_lb(ctx: click.Context) -> None:
 
 
 @click.command("loadbalancer")
-@click.argument("external_ip", metavar="EXTERNAL-IP", type=args.IP)
+@click.argument("external_ip", metavar="EXTERNAL-IP", type=args.IP, shell_complete=rule_ips)
 @click.option("--tcp", multiple=True, type=args.PORT_MAPS,
               help="TCP <port>[-<max>]:<targetport>, comma list or repeated; one rule each.")
 @click.option("--udp", multiple=True, type=args.PORT_MAPS, help="UDP port mappings.")
@@ -278,34 +289,57 @@ def get_lb(ctx: click.Context) -> None:
               help="Idle timeout of connections (agent default when omitted).")
 @click.option("--mark", type=args.int_type("mark", 0, MARK_MAX), default=0,
               show_default=True, help="Rule mark (block), 0..4294967295.")
-@click.option("--name", type=args.SERVICE_NAME, help="<service>[:<instance>].")
+@click.option("--name", type=args.SERVICE_NAME, shell_complete=rule_names,
+              help="<service>[:<instance>].")
 @click.option("--sources", multiple=True, type=args.CIDR_LIST,
               help="Allowed source prefixes, comma list.")
 @click.option("--secips", multiple=True, type=args.IP_LIST,
               help="Secondary external IPs (SCTP multi-homing), comma list.")
 @click.option("--host", default="", help="Host (URL) of the rule.")
+@click.option("--attachEP", "attach_ep", is_flag=True,
+              help="Add the --endpoints to existing rules instead of replacing them.")
+@click.option("--detachEP", "detach_ep", is_flag=True,
+              help="Remove the --endpoints from existing rules.")
+@click.option("--probetype", type=click.Choice(PROBE_TYPES), help="Monitor probe type.")
+@click.option("--probeport", type=args.PORT, help="Monitor probe port.")
+@click.option("--probereq", metavar="TEXT", help="Monitor probe request (http/https/udp).")
+@click.option("--proberesp", metavar="TEXT", help="Expected probe response.")
 @global_options()
 @click.pass_context
 def create_lb(ctx: click.Context, external_ip: str, tcp: tuple[list[PortMap], ...],
               udp: tuple[list[PortMap], ...], sctp: tuple[list[PortMap], ...], icmp: bool,
               endpoints: tuple[list[Endpoint], ...], mode: str, select: str, bgp: bool,
               monitor: bool, inatimeout: int | None, mark: int, name: str | None,
-              sources: tuple[list[str], ...], secips: tuple[list[str], ...], host: str) -> None:
-    """Create load-balancer rules for EXTERNAL-IP (one per port mapping and protocol)."""
+              sources: tuple[list[str], ...], secips: tuple[list[str], ...], host: str,
+              attach_ep: bool, detach_ep: bool, probetype: str | None, probeport: int | None,
+              probereq: str | None, proberesp: str | None) -> None:
+    """Create load-balancer rules for EXTERNAL-IP (one per port mapping and protocol).
+
+    With --attachEP/--detachEP the --endpoints are added to / removed from existing rules."""
     ports = {"tcp": args.flatten(tcp), "udp": args.flatten(udp), "sctp": args.flatten(sctp)}
     if not icmp and not any(ports.values()):
         raise click.UsageError("give at least one of --tcp, --udp, --sctp, --icmp", ctx)
+    eps = args.flatten(endpoints)
+    if attach_ep and detach_ep:
+        raise click.UsageError("give --attachEP or --detachEP, not both", ctx)
+    oper = OPER_ATTACH if attach_ep else OPER_DETACH if detach_ep else OPER_CREATE
+    if oper != OPER_CREATE and not eps:
+        raise click.UsageError("--attachEP/--detachEP need --endpoints", ctx)
+    probe = {"probetype": probetype, "probeport": probeport, "probereq": probereq,
+             "proberesp": proberesp}
     bodies = build_rules(
-        external_ip, ports=ports, icmp=icmp, endpoints=args.flatten(endpoints), mode=mode,
+        external_ip, ports=ports, icmp=icmp, endpoints=eps, mode=mode,
         select=select, bgp=bgp, monitor=monitor, inactive_timeout=inatimeout, mark=mark,
         name=name or "", host=host, sources=args.flatten(sources), secips=args.flatten(secips),
+        oper=oper, probe={k: v for k, v in probe.items() if v is not None},
     )
     calls = [Call(rule_label("create", b), "POST", PATH, body=b) for b in bodies]
     ctx.exit(perform(settings(ctx), calls))
 
 
 @click.command("loadbalancer")
-@click.argument("external_ip", metavar="EXTERNAL-IP", type=args.IP, required=False)
+@click.argument("external_ip", metavar="EXTERNAL-IP", type=args.IP, required=False,
+                shell_complete=rule_ips)
 @click.option("--tcp", multiple=True, type=args.PORT_RANGES,
               help="TCP <port>[-<max>], comma list or repeated.")
 @click.option("--udp", multiple=True, type=args.PORT_RANGES, help="UDP ports.")
@@ -315,7 +349,8 @@ def create_lb(ctx: click.Context, external_ip: str, tcp: tuple[list[PortMap], ..
 @click.option("--mark", type=args.int_type("mark", 0, MARK_MAX),
               help="Rule mark (block), 0..4294967295.")
 @click.option("--host", default="", help="Host (URL) of the rule.")
-@click.option("--name", type=args.SERVICE_NAME, help="Delete every rule with this name.")
+@click.option("--name", type=args.SERVICE_NAME, shell_complete=rule_names,
+              help="Delete every rule with this name.")
 @click.option("--all", "all_", is_flag=True, help="Delete every rule.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (--all).")
 @global_options()

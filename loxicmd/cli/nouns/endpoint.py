@@ -1,0 +1,86 @@
+"""Noun ``endpoint`` (ep): endpoint health probes (/config/endpoint)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from loxicmd.cli import args
+from loxicmd.cli.listing import Listing
+from loxicmd.cli.options import Call, global_options, perform, settings
+from loxicmd.cli.render import Column, ip_key
+
+PATH = "/config/endpoint"
+PROBE_TYPES = ("ping", "tcp", "udp", "sctp", "http", "https", "none")
+
+LISTING = Listing(
+    "endpoint", f"{PATH}/all", "Attr",
+    (Column("HOST", "hostName"), Column("NAME", "name"), Column("PTYPE", "probeType"),
+     Column("PORT", "probePort"), Column("DURATION", "probeDuration"),
+     Column("RETRIES", "inactiveReTries"), Column("MINDELAY", "minDelay"),
+     Column("AVGDELAY", "avgDelay"), Column("MAXDELAY", "maxDelay"),
+     Column("STATE", "currState", state=True)),
+    sort_key=lambda r: (ip_key(r.get("hostName", "")), str(r.get("name", ""))),
+)
+
+
+def path_delete(ip: str) -> str:
+    from loxicmd.cli.client import segment
+
+    return f"{PATH}/epipaddress/{segment(ip)}"
+
+
+def body(ip: str, name: str | None, probetype: str, probeport: int | None,
+         probereq: str | None, proberesp: str | None, period: int | None,
+         retries: int | None) -> dict[str, Any]:
+    """The POST body; unset options are left to the agent's defaults."""
+    fields = {"hostName": ip, "name": name, "probeType": probetype, "probePort": probeport,
+              "probeReq": probereq, "probeResp": proberesp, "probeDuration": period,
+              "inactiveReTries": retries}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+@click.command("endpoint")
+@click.argument("ip", metavar="IP", type=args.IP)
+@click.option("--name", help="Endpoint name (agent default <ip>_<probetype>_<probeport>).")
+@click.option("--probetype", type=click.Choice(PROBE_TYPES), default="ping",
+              show_default=True, help="Probe type.")
+@click.option("--probeport", type=args.PORT, help="Probe port (tcp/udp/sctp/http/https).")
+@click.option("--probereq", metavar="TEXT", help="Probe request (http/https/udp).")
+@click.option("--proberesp", metavar="TEXT", help="Expected probe response.")
+@click.option("--period", type=args.int_type("period", 1, 86400, "SECONDS"),
+              help="Probe period in seconds.")
+@click.option("--retries", type=args.int_type("retries", 1, 1000),
+              help="Failed probes before the endpoint is inactive.")
+@global_options()
+@click.pass_context
+def create_endpoint(ctx: click.Context, ip: str, name: str | None, probetype: str,
+                    probeport: int | None, probereq: str | None, proberesp: str | None,
+                    period: int | None, retries: int | None) -> None:
+    """Create a health probe for the endpoint IP."""
+    payload = body(ip, name, probetype, probeport, probereq, proberesp, period, retries)
+    ctx.exit(perform(settings(ctx), [Call(f"create endpoint {ip}", "POST", PATH,
+                                          body=payload)]))
+
+
+@click.command("endpoint")
+@click.argument("ip", metavar="IP", type=args.IP)
+@click.option("--name", help="Only the probe with this name.")
+@click.option("--probetype", type=click.Choice(PROBE_TYPES), help="Only this probe type.")
+@click.option("--probeport", type=args.PORT, help="Only this probe port.")
+@global_options()
+@click.pass_context
+def delete_endpoint(ctx: click.Context, ip: str, name: str | None, probetype: str | None,
+                    probeport: int | None) -> None:
+    """Delete the health probe(s) of the endpoint IP."""
+    query = {"name": name, "probe_type": probetype, "probe_port": probeport}
+    call = Call(f"delete endpoint {ip}", "DELETE", path_delete(ip), query=query)
+    ctx.exit(perform(settings(ctx), [call]))
+
+
+COMMANDS: dict[str, click.Command] = {
+    "get": LISTING.command("List endpoint health probes."),
+    "create": create_endpoint,
+    "delete": delete_endpoint,
+}
