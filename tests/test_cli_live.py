@@ -272,8 +272,7 @@ def test_ha_state_survives_restart(node: LbNode) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["get", "ep"], ["create", "endpoint", "198.18.11.2", "--probetype=http", "--probeport=8080"],
-    ["delete", "endpoint", "198.18.11.2"], ["get", "bgpnei"],
+    ["get", "bgpnei"],
     ["create", "bgpneighbor", "198.18.1.2", "4200000001", "--remotePort=1790"],
     ["delete", "bgpneighbor", "198.18.1.2", "4200000001"], ["get", "bgpglobal"],
     ["create", "bgpglobal", "--routerid=198.18.1.1", "--localas=65001"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -35,13 +35,17 @@ class Listing:
     def columns_for(self, output: str) -> Sequence[Column]:
         return (*self.columns, *self.wide) if output == "wide" else self.columns
 
+    def show(self, body: Any, output: str, *, out: TextIO | None = None,
+             tty: bool | None = None) -> None:
+        """Print the agent's answer ``body`` as ``get`` does (``out``/``tty``: see render)."""
+        render(self.rows(body), self.columns_for(output), output, body, out=out, tty=tty)
+
     def command(self, help_text: str) -> click.Command:
         @click.command(self.name, help=help_text)
         @global_options()
         @click.pass_context
         def get(ctx: click.Context) -> None:
             s = settings(ctx)
-            body = s.client().get(self.path).data
-            render(self.rows(body), self.columns_for(s.output), s.output, body)
+            self.show(s.client().get(self.path).data, s.output)
 
         return get

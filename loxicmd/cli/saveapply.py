@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -105,19 +106,25 @@ def save_cmd(ctx: click.Context, all_: bool, lb: bool, endpoint: bool, config_di
             click.echo(f"loxicmd: save {kind.name}: {exc}", err=True)
             status = 1
             continue
-        objects = (body or {}).get(kind.list_key or "") or []
-        try:
-            saved = [kind.check(obj, f"{kind.list_key}[{i}]") for i, obj in enumerate(objects)]
-        except Invalid as exc:  # a field this loxicmd does not know: not postable
-            click.echo(f"loxicmd: save {kind.name}: the agent's {exc}; {filename} not written",
-                       err=True)
-            status = 1
-            continue
-        path = directory / filename
-        try:
-            _write(path, {kind.list_key: saved})
-        except OSError as exc:
-            raise click.BadParameter(f"'{path}': {exc.strerror}",
-                                     param_hint="--config-path") from None
-        click.echo(f"{kind.name} configuration saved in {path}")
+        status = max(status, save_objects(kind, body, directory / filename))
     ctx.exit(status)
+
+
+def save_objects(kind: manifest.Kind, body: Any, path: Path) -> int:
+    """Write the objects of the agent's list ``body`` to ``path`` as ``save`` does (0), or
+    write nothing (1) when one has a field this loxicmd does not know (it could not post
+    it back)."""
+    objects = (body or {}).get(kind.list_key or "") or []
+    try:
+        saved = [kind.check(obj, f"{kind.list_key}[{i}]") for i, obj in enumerate(objects)]
+    except Invalid as exc:
+        click.echo(f"loxicmd: save {kind.name}: the agent's {exc}; {path.name} not written",
+                   err=True)
+        return 1
+    try:
+        _write(path, {kind.list_key: saved})
+    except OSError as exc:
+        raise click.BadParameter(f"'{path}': {exc.strerror}",
+                                 param_hint="--config-path") from None
+    click.echo(f"{kind.name} configuration saved in {path}")
+    return 0

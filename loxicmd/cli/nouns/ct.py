@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 PATH_ALL = "/config/conntrack/all"
 PAGE_SIZE = 1000
+PAGE_SIZE_ENV = "LOXICMD_CT_PAGE_SIZE"  # hidden: lets the tests see several pages
 
 COLUMNS: tuple[Column, ...] = (
     Column("SERVICE NAME", "servName"),
@@ -54,11 +56,21 @@ def filters(serv_name: str | None, ip: str | None, port: int | None, state: str 
     return {k: v for k, v in query.items() if v is not None}
 
 
+def page_size_setting() -> int:
+    """Entries asked for per request: ``$LOXICMD_CT_PAGE_SIZE`` when it is an integer in
+    1..1000000 (not documented: for tests), else PAGE_SIZE."""
+    try:
+        size = int(os.environ.get(PAGE_SIZE_ENV, ""))
+    except ValueError:
+        return PAGE_SIZE
+    return size if 1 <= size <= 1_000_000 else PAGE_SIZE
+
+
 def pages(client: Client, query: Mapping[str, Any], limit: int | None,
           page_size: int | None = None) -> Iterator[dict[str, Any]]:
     """Fetch entries page by page (``limit``/``after``, the agent's ``next`` token) until
     the agent has no more or ``limit`` entries came; the last page is cut to ``limit``."""
-    page_size = page_size or PAGE_SIZE
+    page_size = page_size or page_size_setting()
     after: str | None = None
     remaining = limit
     while True:
@@ -78,6 +90,20 @@ def pages(client: Client, query: Mapping[str, Any], limit: int | None,
             return
 
 
+def show(stream: Iterator[dict[str, Any]], limit: int | None, output: str, *,
+         out: TextIO | None = None, tty: bool | None = None) -> None:
+    """Print the agent's pages as ``get ct`` does: one page as a whole, several streamed
+    (``out``/``tty``: see render)."""
+    first = next(stream)
+    if first.get("next") and limit is not None and len(first["ctAttr"]) >= limit:
+        del first["next"]  # not followed: the limit is reached
+    if not first.get("next"):
+        render(sorted_entries(first), COLUMNS, output, first, out=out, tty=tty)
+    else:
+        render_pages(itertools.chain([first], stream), "ctAttr", sorted_entries, COLUMNS,
+                     output, out=out, tty=tty)
+
+
 @click.command("conntrack")
 @click.option("--servName", "serv_name", metavar="NAME", help="Only this service's entries.")
 @click.option("--ip", type=args.IP, help="Only entries with this source or destination IP.")
@@ -92,15 +118,8 @@ def get_ct(ctx: click.Context, serv_name: str | None, ip: str | None, ct_port: i
            state: str | None, limit: int | None) -> None:
     """List connection-tracking entries (fetched and printed page by page)."""
     s = settings(ctx)
-    stream = pages(s.client(), filters(serv_name, ip, ct_port, state, None), limit)
-    first = next(stream)
-    if first.get("next") and limit is not None and len(first["ctAttr"]) >= limit:
-        del first["next"]  # not followed: the limit is reached
-    if not first.get("next"):
-        render(sorted_entries(first), COLUMNS, s.output, first)
-    else:
-        render_pages(itertools.chain([first], stream), "ctAttr", sorted_entries, COLUMNS,
-                     s.output)
+    show(pages(s.client(), filters(serv_name, ip, ct_port, state, None), limit), limit,
+         s.output)
 
 
 COMMANDS: dict[str, click.Command] = {"get": get_ct}

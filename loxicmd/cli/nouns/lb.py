@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -150,6 +150,16 @@ def wide_rows(rules: Sequence[Mapping[str, Any]]) -> list[WideRow]:
     return rows
 
 
+def show(body: Any, output: str, *, out: TextIO | None = None,
+         tty: bool | None = None) -> None:
+    """Print the agent's rule list ``body`` as ``get lb`` does (``out``/``tty``: see render)."""
+    rules = sorted_rules(body)
+    if output == "wide":
+        render(wide_rows(rules), WIDE_COLUMNS, output, body, out=out, tty=tty)
+    else:
+        render(rules, COLUMNS, output, body, out=out, tty=tty)
+
+
 # ---- request bodies -----------------------------------------------------------------------
 
 
@@ -262,12 +272,7 @@ _SELS = list(SELECTION_NAMES.values())
 def get_lb(ctx: click.Context) -> None:
     """List load-balancer rules (-o wide: one line per endpoint)."""
     s = settings(ctx)
-    resp = s.client().get(PATH_ALL)
-    rules = sorted_rules(resp.data)
-    if s.output == "wide":
-        render(wide_rows(rules), WIDE_COLUMNS, s.output, resp.data)
-    else:
-        render(rules, COLUMNS, s.output, resp.data)
+    show(s.client().get(PATH_ALL).data, s.output)
 
 
 @click.command("loadbalancer")

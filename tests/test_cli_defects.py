@@ -1,0 +1,152 @@
+"""Each defect of the Go loxicmd listed at the end of cli.md, and ours behaving correctly,
+against the real agent (on a port above 32767: defect 6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cli_lab import clear_rules, cli_env, loxicmd, run_in, running_agent
+from lbnode import LbNode, pipe_table
+
+pytestmark = pytest.mark.e2e
+
+VIP = "198.18.200.1"
+EP = "198.18.1.2"
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[LbNode]:
+    with running_agent(port=40000 + os.getpid() % 5000) as node:
+        yield node
+
+
+@pytest.fixture
+def node(agent: LbNode) -> LbNode:
+    return clear_rules(agent)
+
+
+def lx(node: LbNode, *argv: str) -> Any:
+    return loxicmd(node, *argv)
+
+
+def rules(node: LbNode) -> list[tuple[str, int, str]]:
+    return sorted((r["serviceArguments"]["protocol"], r["serviceArguments"]["port"],
+                   ",".join(f"{e['endpointIP']}:{e['targetPort']}" for e in r["endpoints"]))
+                  for r in node.rules())
+
+
+def test_1_failures_do_not_exit_0(node: LbNode) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    cp = run_in(node.ns, "loxicmd", "-p", str(closed), "get", "lb")
+    assert cp.returncode == 3 and f"127.0.0.1:{closed}" in cp.stderr
+    cp = lx(node, "delete", "lb", VIP, "--tcp=9")
+    assert cp.returncode == 1  # HTTP error
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:80", "--endpoints=1.2.3.4:x")
+    assert cp.returncode == 2  # validation error
+
+
+def test_2_agent_error_text_is_shown(node: LbNode) -> None:
+    assert lx(node, "create", "lb", VIP, "--tcp=80:80", f"--endpoints={EP}:1").returncode == 0
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:80", f"--endpoints={EP}:1")
+    assert cp.returncode == 1
+    assert "HTTP 409" in cp.stderr and "already exists" in cp.stderr
+    assert "Debug:" not in cp.stderr + cp.stdout
+
+
+@pytest.mark.parametrize("flag", ["--mode=nat", "--select=random", "--mode=", "--select=2"])
+def test_3_unknown_mode_or_select_is_refused(node: LbNode, flag: str) -> None:
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:80", f"--endpoints={EP}:1", flag)
+    assert cp.returncode == 2 and flag.split("=")[0] in cp.stderr
+    assert node.rules() == []
+
+
+def test_4_two_protocols_make_two_rules(node: LbNode) -> None:
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:80", "--udp=80:80", f"--endpoints={EP}:1")
+    assert cp.returncode == 0, cp.stderr
+    assert rules(node) == [("tcp", 80, f"{EP}:80"), ("udp", 80, f"{EP}:80")]
+
+
+def test_5_port_list_is_separate_rules(node: LbNode) -> None:
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:8080,81:8081", f"--endpoints={EP}:1")
+    assert cp.returncode == 0, cp.stderr
+    assert rules(node) == [("tcp", 80, f"{EP}:8080"), ("tcp", 81, f"{EP}:8081")]
+
+
+def test_6_no_wrapping_and_high_agent_port(node: LbNode) -> None:
+    assert node.port > 32767
+    for arg, named in (("--endpoints=1.2.3.4:300", "'1.2.3.4:300': weight must be 1..255"),
+                       ("--tcp=65536:80", "'65536:80': port must be 1..65535")):
+        argv = ["create", "lb", VIP, arg] + ([] if arg.startswith("--tcp") else ["--tcp=1:1"])
+        cp = lx(node, *argv)
+        assert cp.returncode == 2 and named in cp.stderr, cp.stderr
+    assert node.rules() == []
+    cp = lx(node, "create", "lb", VIP, "--tcp=65535:65535", f"--endpoints={EP}:255")
+    assert cp.returncode == 0, cp.stderr
+    (rule,) = node.rules()
+    assert rule["serviceArguments"]["port"] == 65535 and rule["endpoints"][0]["weight"] == 255
+
+
+def test_7_success_is_silent_every_time(node: LbNode) -> None:
+    for port in range(1000, 1020):
+        cp = lx(node, "create", "lb", VIP, f"--tcp={port}:80", f"--endpoints={EP}:1")
+        assert (cp.returncode, cp.stdout, cp.stderr) == (0, "", ""), port
+    assert len(node.rules()) == 20
+
+
+def test_8_delete_file_runs(node: LbNode, tmp_path: Path) -> None:
+    doc = {"apiVersion": "netlox/v1", "kind": "LoadBalancer", "metadata": {"name": "x"},
+           "spec": {"serviceArguments": {"externalIP": VIP, "port": 80, "protocol": "tcp"},
+                    "endpoints": [{"endpointIP": EP, "targetPort": 80, "weight": 1}]}}
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert lx(node, "apply", "-f", str(path)).returncode == 0
+    assert len(node.rules()) == 1
+    cp = lx(node, "delete", "-f", str(path))
+    assert cp.returncode == 0, cp.stderr
+    assert node.rules() == []
+
+
+def test_8_wide_shows_rules_without_endpoints_and_every_source(node: LbNode) -> None:
+    assert lx(node, "create", "lb", VIP, "--tcp=80:80").returncode == 0
+    (row,) = pipe_table(lx(node, "get", "lb", "-o", "wide").stdout)
+    assert row["EXT IP"] == VIP and row["ENDPOINT"] == ""
+    cp = lx(node, "create", "lb", VIP, "--tcp=81:80", f"--endpoints={EP}:1",
+            "--sources=10.0.0.0/8,192.168.0.0/16", "--sources=198.18.0.0/15")
+    assert cp.returncode == 0, cp.stderr
+    rows = pipe_table(lx(node, "get", "lb", "-o", "wide").stdout)
+    assert [(r["PORT"], r["SOURCES"]) for r in rows] == [
+        ("80", ""), ("81", "10.0.0.0/8,192.168.0.0/16,198.18.0.0/15")]
+
+
+def test_9_json_is_the_agents_json(node: LbNode) -> None:
+    assert lx(node, "create", "lb", VIP, "--tcp=80:80", f"--endpoints={EP}:1").returncode == 0
+    status, raw = node.api("GET", "/config/loadbalancer/all")
+    assert status == 200
+    assert json.loads(lx(node, "get", "lb", "-o", "json").stdout) == raw
+
+
+def test_9_bgp_values_and_no_debug_on_stdout(node: LbNode) -> None:
+    # --remotePort above 255 and 4-byte ASNs pass the CLI's checks for create and delete:
+    # what comes back is the agent's answer (it has no BGP API yet), not a usage error
+    for argv in (["create", "bgpnei", "198.18.1.2", "4200000000", "--remotePort=1790"],
+                 ["delete", "bgpnei", "198.18.1.2", "4200000000"]):
+        cp = lx(node, *argv)
+        assert cp.returncode == 1 and "HTTP 404" in cp.stderr, cp.stderr
+    cp = lx(node, "create", "bgpnei", "198.18.1.2", "4294967296")
+    assert cp.returncode == 2 and "4294967296" in cp.stderr
+    # no `set login` (tokens come from --token/LOXICMD_TOKEN, no terminal needed);
+    # -v debug goes to stderr only
+    cp = run_in(node.ns, "loxicmd", "-p", str(node.port), "-v", "get", "lb", "-o", "json",
+                env=cli_env(LOXICMD_TOKEN="secret"))
+    assert cp.returncode == 0 and json.loads(cp.stdout) == {"lbAttr": []}
+    assert "debug: > GET" in cp.stderr
