@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loxicmd.names import API_BASE_PATH, PROTOCOLS
 
 from .config_api import config_router
+from .endpoints import EndpointTable
 from .model import InvalidInput
 from .rules import ApiError, FlowFilter, RuleTable
 
@@ -99,7 +100,41 @@ def _stream_ct(pages: Iterator[tuple[list[dict[str, Any]], bytes | None]]) -> It
     yield b"]}"
 
 
-def create_app(table: RuleTable, token: str | None = None) -> FastAPI:
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput("body", f"not valid JSON ({exc})") from None
+
+
+def _endpoint_routes(app: FastAPI, endpoints: EndpointTable) -> None:
+    base = API_BASE_PATH
+
+    @app.get(f"{base}/config/endpoint/all")
+    def list_endpoints() -> dict[str, Any]:
+        return {"Attr": endpoints.api_list()}
+
+    @app.post(f"{base}/config/endpoint")
+    async def create_endpoint(request: Request) -> dict[str, str]:
+        endpoints.create(await _json_body(request))
+        return SUCCESS
+
+    @app.delete(f"{base}/config/endpoint/epipaddress/{{ip}}")
+    def delete_endpoint(ip: str, name: str | None = None, probe_type: str | None = None,
+                        probe_port: str | None = None) -> dict[str, str]:
+        endpoints.delete(_ip(ip, "epipaddress"), name or None, probe_type or None,
+                         _port(probe_port, "probe_port", lo=0) if probe_port else None)
+        return SUCCESS
+
+    @app.post(f"{base}/config/endpointhoststate")
+    async def set_host_state(request: Request) -> dict[str, str]:
+        endpoints.set_host_state(await _json_body(request))
+        return SUCCESS
+
+
+def create_app(table: RuleTable, token: str | None = None,
+               endpoints: EndpointTable | None = None) -> FastAPI:
     app = FastAPI(
         title="loxilbd",
         version=VERSION,
@@ -151,12 +186,7 @@ def create_app(table: RuleTable, token: str | None = None) -> FastAPI:
 
     @app.post(f"{base}/config/loadbalancer")
     async def create_lb(request: Request) -> dict[str, str]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput("body", f"not valid JSON ({exc})") from None
-        table.apply(body)
+        table.apply(await _json_body(request))
         return SUCCESS
 
     @app.get(f"{base}/config/loadbalancer/all")
@@ -221,6 +251,9 @@ def create_app(table: RuleTable, token: str | None = None) -> FastAPI:
                                      media_type="application/json")
         rows, token = table.conntrack_page(flt, _positive(limit, "limit"), token)
         return {"ctAttr": rows, "next": token.hex() if token else ""}
+
+    if endpoints is not None:
+        _endpoint_routes(app, endpoints)
 
     @app.get(f"{base}/config/dpstats")
     def dp_stats() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
 
 if TYPE_CHECKING:
     from .dataplane import Dataplane
+    from .endpoints import EndpointTable
     from .rules import RuleTable
 
 log = logging.getLogger("loxilbd")
@@ -118,6 +119,7 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             dp = Dataplane(pin_dir, ct_entries=ct_entries)
             stack.callback(dp.close)
             table = RuleTable(dp, store)
+            endpoints = _health_checks(stack, table, state_dir)
             restored = table.restore()
             _start_conntrack_workers(stack, dp, table, Path(state_dir), audit_max_mb,
                                      audit_backups)
@@ -128,7 +130,8 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             raise click.ClickException(str(exc)) from None
         log.info("datapath on %s, maps in %s, %d rules restored from %s",
                  ", ".join(dp.attached) or "no interface", pin_dir, restored, state_dir)
-        server = uvicorn.Server(uvicorn.Config(create_app(table, token), host=host, port=port,
+        server = uvicorn.Server(uvicorn.Config(create_app(table, token, endpoints), host=host,
+                                               port=port,
                                                log_level="warning", access_log=False,
                                                lifespan="off"))
         # uvicorn handles SIGTERM/SIGINT while it runs and re-raises them to the
@@ -142,6 +145,25 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             dp.detach_all()
         if not server.started:
             raise click.ClickException(f"could not serve the API on {host}:{port}")
+
+
+def _health_checks(stack: contextlib.ExitStack, table: RuleTable, state_dir: str
+                   ) -> EndpointTable:
+    """Endpoint probes: configurations restored first, so that monitored rules
+    restored after them share their probes."""
+    from .endpoints import EndpointTable
+    from .health import HealthMonitor
+    from .store import StateStore
+
+    ep_store = StateStore(state_dir, "endpoints", lock=False)
+    stack.callback(ep_store.close)
+    monitor = HealthMonitor(on_change=lambda spec, healthy: table_ep.on_health_change(
+        spec, healthy))
+    table_ep = EndpointTable(table, monitor, ep_store)
+    table_ep.restore()
+    monitor.start()
+    stack.callback(monitor.stop)
+    return table_ep
 
 
 def _start_conntrack_workers(stack: contextlib.ExitStack, dp: Dataplane, table: RuleTable,

@@ -208,10 +208,29 @@ def parse_rule_probe(svc: dict[str, Any], where: str) -> RuleProbe | None:
     port = _int(svc, "probeport", where, 0, 0, 0 if no_port else 65535,
                 allowed="0 (no port) for ping and none" if no_port
                 else "1..65535, or 0 for each endpoint's target port")
-    timeout = _int(svc, "probeTimeout", where, int(DEFAULT_PROBE_TIMEOUT_S), 1, 3600)
-    return RuleProbe(ptype=ptype, port=port, req=_str(svc, "probereq", where),
-                     resp=_str(svc, "proberesp", where), timeout_s=float(timeout),
-                     retries=_int(svc, "probeRetries", where, DEFAULT_PROBE_RETRIES, 1, 100))
+    timeout = _int(svc, "probeTimeout", where, int(DEFAULT_PROBE_TIMEOUT_S), 1,
+                   int(DEFAULT_PROBE_INTERVAL_S) - 1,
+                   allowed=f"1..{int(DEFAULT_PROBE_INTERVAL_S) - 1} s (under the "
+                   f"{DEFAULT_PROBE_INTERVAL_S:g} s probe interval)")
+    probe = RuleProbe(ptype=ptype, port=port, req=_str(svc, "probereq", where),
+                      resp=_str(svc, "proberesp", where), timeout_s=float(timeout),
+                      retries=_int(svc, "probeRetries", where, DEFAULT_PROBE_RETRIES, 1, 100))
+    # The probe engine's own rules (request/response per type...), checked now
+    # rather than when the first endpoint is probed.
+    from .health import ProbeSpec, validate
+
+    try:
+        validate(ProbeSpec(host="198.18.0.1", ptype=ptype, port=port or (0 if no_port else 1),
+                           req=probe.req, resp=probe.resp,
+                           interval_s=DEFAULT_PROBE_INTERVAL_S, timeout_s=probe.timeout_s,
+                           retries=probe.retries))
+    except ValueError as exc:
+        field_name, _, why = str(exc).partition(":")
+        names = {"req": "probereq", "resp": "proberesp", "port": "probeport",
+                 "retries": "probeRetries", "timeout_s": "probeTimeout"}
+        raise InvalidInput(f"{where}{names.get(field_name.strip(), field_name.strip())}",
+                           why.strip()) from None
+    return probe
 
 
 def parse_sources(raw: Any) -> tuple[str, ...]:

@@ -130,11 +130,14 @@ class RuleTable:
                     raise ValueError(f"{where} is invalid: {exc}") from None
                 if {ep.ident for ep in rule.endpoints} != set(slots) or str(rule_id) != rid:
                     raise ValueError(f"{where}: its slots or id do not match its endpoints")
-                self.dp.program_rule(rule_id, rule, slots)
-                self.records[rule.key] = RuleRecord(rule_id, rule, slots)
+                record = RuleRecord(rule_id, rule, slots)
+                if self.observer:
+                    self.inactive |= self.observer.initially_inactive(record)
+                self.dp.program_rule(rule_id, rule, slots, inactive=self.inactive)
+                self.records[rule.key] = record
                 self.rule_ids.take(rule_id)
                 if self.observer:
-                    self.observer.rule_changed(None, self.records[rule.key])
+                    self.observer.rule_changed(None, record)
                 for slot in slots.values():
                     self.slots.take(slot)
             stale = self.dp.remove_stale_services({r.rule_id for r in self.records.values()})
