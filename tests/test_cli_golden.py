@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loxicmd.cli.nouns import ct, dpstats, ha, lb, lbversion, loglevel, process
+from loxicmd.cli.nouns import ct, dpstats, endpoint, ha, lb, lbversion, loglevel, process
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -40,6 +40,7 @@ NOUNS: dict[str, tuple[str, Show]] = {
     "process": ("process", process.LISTING.show),
     "lbversion": ("version", lbversion.LISTING.show),
     "dpstats": ("dpstats", dpstats.LISTING.show),
+    "ep": ("ep", endpoint.LISTING.show),
 }
 MODES = ("table", "wide", "json", "yaml", "tty")
 
@@ -101,4 +102,5 @@ def test_states_coloured_on_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_lb_rows_sorted_numerically() -> None:
     table = (GOLDEN / "out" / "lb.table.txt").read_text().splitlines()[2:]
     ips = [line.split("|")[1].strip() for line in table]
-    assert ips == ["198.18.100.1", "198.18.100.1", "198.18.100.2", "198.18.100.10"]
+    assert ips == ["198.18.100.1", "198.18.100.1", "198.18.100.2", "198.18.100.10",
+                   "198.18.100.20"]

@@ -47,10 +47,13 @@ def lab_topo() -> Iterator[tuple[LbNode, Topology]]:
 
 @pytest.fixture
 def node(lab_topo: tuple[LbNode, Topology]) -> LbNode:
-    """The module's agent, with no rules (whatever an earlier test left)."""
+    """The module's agent, with no rules nor probes (whatever an earlier test left)."""
     node = lab_topo[0]
     status, body = node.api("DELETE", "/config/loadbalancer/all")
     assert status == 200, body
+    status, body = node.api("GET", "/config/endpoint/all")
+    for ep in body["Attr"]:
+        node.api("DELETE", f"/config/endpoint/epipaddress/{ep['hostName']}?name={ep['name']}")
     return node
 
 

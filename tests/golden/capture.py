@@ -35,6 +35,7 @@ GETS: dict[str, str] = {
     "process": "/status/process",
     "version": "/version",
     "dpstats": "/config/dpstats",
+    "ep": "/config/endpoint/all",
 }
 
 VIP, VIP2, VIP3 = "198.18.100.1", "198.18.100.2", "198.18.100.10"
@@ -49,6 +50,11 @@ def populate(node: LbNode, topo: Topology) -> None:
          "--name=web-udp", "--inatimeout=30"],
         ["create", "lb", VIP2, "--tcp=8000-8010:8080", f"--endpoints={a}:5", "--mark=7"],
         ["create", "lb", VIP3, "--tcp=80:8080"],
+        ["create", "endpoint", a, "--probetype=tcp", "--probeport=8080", "--period=1",
+         "--retries=2"],
+        ["create", "endpoint", b, "--probetype=ping", "--period=1", "--name=b-ping"],
+        ["create", "lb", "198.18.100.20", "--tcp=8080:8080", f"--endpoints={a}:1,{b}:1",
+         "--monitor", "--name=watched"],
         ["set", "hastate", "default", "MASTER", f"--vip={VIP}"],
         ["set", "hastate", "backup-1", "BACKUP"],
     ]
@@ -65,6 +71,12 @@ def populate(node: LbNode, topo: Topology) -> None:
         return status == 200 and len(body["ctAttr"]) >= 5
 
     wait_for(flows, timeout=10, what="5 conntrack entries")
+
+    def probed() -> bool:
+        status, body = node.api("GET", GETS["ep"])
+        return status == 200 and all(e["minDelay"] != "-" for e in body["Attr"])
+
+    wait_for(probed, timeout=10, what="every endpoint probed once")
 
 
 def capture(node: LbNode) -> dict[str, Any]:
