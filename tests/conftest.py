@@ -6,9 +6,12 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from lab import Lab, close_all_labs, run_root
+from dp_harness import DpHarness
+from lab import Lab, Topology, close_all_labs, run_root, tcplb_topology
+from lbnode import LbNode
 
 _netns_problem: str | None = None
 _netns_checked = False
@@ -59,6 +62,35 @@ def lab(require_root_netns: None) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.close()
+
+
+@pytest.fixture
+def topo(lab: Lab) -> Topology:
+    """client -> lb -> server1..3 (HTTP and UDP on 8080, TCP echo on 7000)."""
+    return tcplb_topology(lab, n_backends=3, http_port=8080, udp_port=8080, echo_port=7000)
+
+
+@pytest.fixture
+def node(lab: Lab, topo: Topology) -> LbNode:
+    """The real loxilbd on the topology's LB namespace."""
+    return LbNode(lab, topo.lb, topo.lb_ifaces).start()
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpHarness]:
+    """The BPF program loaded once per module, for BPF_PROG_TEST_RUN tests."""
+    h = DpHarness(Path(tmp_path_factory.mktemp("dp")), ct_entries=65536)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture
+def h(harness: DpHarness) -> DpHarness:
+    """The module's harness with no rules, flows or pending events."""
+    harness.reset()
+    return harness
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,29 +4,11 @@ events the agent reads from the ring buffer."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from dp_harness import CLIENT, CLIENT2, EPS, PRIVATE_IP, VIP, DpHarness, lb_body, tcp, udp
 from scapy.layers.inet import IP, TCP
 
 from datapath import layouts as L
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpHarness]:
-    h = DpHarness(Path(tmp_path_factory.mktemp("dp")), ct_entries=65536)
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
-def h(harness: DpHarness) -> DpHarness:
-    harness.reset()
-    return harness
 
 
 def from_ep(ep: str = EPS[0], flags: str = "A", payload: bytes = b"", seq: int = 5000,

@@ -8,9 +8,8 @@ checksums, every other byte) with what a correct load balancer produces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,15 +195,6 @@ CASES: list[Case] = [
          xlated(_echo(EP1, CLIENT, "echo-reply"), src=VIP),
          rules=[lb_body(proto="icmp", port=0, target=0)], before=[_echo(CLIENT, VIP)]),
 ]
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpHarness]:
-    h = DpHarness(Path(tmp_path_factory.mktemp("dp")))
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 def test_the_table_is_large_enough() -> None:

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from dp_harness import CLIENT, EPS, TC_ACT_SHOT, DpHarness, lb_body, tcp, udp
 from scapy.layers.inet import IP
 
 from datapath import layouts as L
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpHarness]:
-    h = DpHarness(Path(tmp_path_factory.mktemp("dp")), ct_entries=65536)
-    try:
-        yield h
-    finally:
-        h.close()
-
-
-@pytest.fixture
-def h(harness: DpHarness) -> DpHarness:
-    harness.reset()
-    return harness
 
 
 def spread(h: DpHarness, flows: int) -> collections.Counter[str]:

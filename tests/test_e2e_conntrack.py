@@ -9,7 +9,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from lab import Lab, Netns, Topology, http_get, tcplb_topology, udp_request, wait_for
+from lab import Netns, Topology, http_get, udp_request, wait_for
 from lbnode import LbNode
 
 pytestmark = pytest.mark.e2e
@@ -36,17 +36,6 @@ _IDLE_CLIENT = textwrap.dedent("""
     except socket.timeout:
         print("alive", flush=True)
 """)
-
-
-@pytest.fixture
-def topo(lab: Lab) -> Topology:
-    return tcplb_topology(lab, n_backends=3, http_port=8080, udp_port=8080,
-                          echo_port=ECHO_PORT)
-
-
-@pytest.fixture
-def node(lab: Lab, topo: Topology) -> LbNode:
-    return LbNode(lab, topo.lb, topo.lb_ifaces).start()
 
 
 def eps(topo: Topology, port: int) -> str:

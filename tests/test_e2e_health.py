@@ -8,23 +8,13 @@ import sys
 import time
 
 import pytest
-from lab import Lab, Topology, start_backend, tcplb_topology, wait_for
+from lab import Lab, Topology, start_backend, wait_for
 from lbnode import LbNode, pipe_table
 
 pytestmark = pytest.mark.e2e
 
 VIP = "198.18.100.1"
 CLIENT_SCRIPT = "tests/client.py"
-
-
-@pytest.fixture
-def topo(lab: Lab) -> Topology:
-    return tcplb_topology(lab, n_backends=3, http_port=8080, udp_port=8080)
-
-
-@pytest.fixture
-def node(lab: Lab, topo: Topology) -> LbNode:
-    return LbNode(lab, topo.lb, topo.lb_ifaces).start()
 
 
 def names(topo: Topology, n: int, port: int = 2020) -> list[str]:

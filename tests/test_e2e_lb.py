@@ -9,23 +9,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from lab import CommandError, Lab, Topology, http_get, tcplb_topology, udp_request, wait_for
+from lab import CommandError, Topology, http_get, udp_request, wait_for
 from lbnode import LbNode, pipe_table
 
 pytestmark = pytest.mark.e2e
 
 VIP = "198.18.100.1"
 VPORT = 2020
-
-
-@pytest.fixture
-def topo(lab: Lab) -> Topology:
-    return tcplb_topology(lab, n_backends=3, http_port=8080, udp_port=8080)
-
-
-@pytest.fixture
-def node(lab: Lab, topo: Topology) -> LbNode:
-    return LbNode(lab, topo.lb, topo.lb_ifaces).start()
 
 
 def endpoints_arg(topo: Topology) -> str:

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loxicmd.names import API_BASE_PATH, PROTOCOLS
 
-from .config_api import config_router
+from .config_api import config_router, json_body
 from .endpoints import EndpointTable
 from .model import InvalidInput
 from .rules import ApiError, FlowFilter, RuleTable
@@ -100,14 +100,6 @@ def _stream_ct(pages: Iterator[tuple[list[dict[str, Any]], bytes | None]]) -> It
     yield b"]}"
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput("body", f"not valid JSON ({exc})") from None
-
-
 def _endpoint_routes(app: FastAPI, endpoints: EndpointTable) -> None:
     base = API_BASE_PATH
 
@@ -117,7 +109,7 @@ def _endpoint_routes(app: FastAPI, endpoints: EndpointTable) -> None:
 
     @app.post(f"{base}/config/endpoint")
     async def create_endpoint(request: Request) -> dict[str, str]:
-        endpoints.create(await _json_body(request))
+        endpoints.create(await json_body(request))
         return SUCCESS
 
     @app.delete(f"{base}/config/endpoint/epipaddress/{{ip}}")
@@ -129,7 +121,7 @@ def _endpoint_routes(app: FastAPI, endpoints: EndpointTable) -> None:
 
     @app.post(f"{base}/config/endpointhoststate")
     async def set_host_state(request: Request) -> dict[str, str]:
-        endpoints.set_host_state(await _json_body(request))
+        endpoints.set_host_state(await json_body(request))
         return SUCCESS
 
 
@@ -186,7 +178,7 @@ def create_app(table: RuleTable, token: str | None = None,
 
     @app.post(f"{base}/config/loadbalancer")
     async def create_lb(request: Request) -> dict[str, str]:
-        table.apply(await _json_body(request))
+        table.apply(await json_body(request))
         return SUCCESS
 
     @app.get(f"{base}/config/loadbalancer/all")
