@@ -6,7 +6,8 @@
  * addresses (one-arm and fullNAT use exactly that) as martians, and the
  * stack's input path costs more than the redirect. Whatever the FIB cannot
  * forward (local destinations, forwarding disabled, VLAN-tagged frames,
- * fragmentation needed, an expiring TTL) goes to the stack as before.
+ * fragmentation needed for a non-GSO packet, an expiring TTL) goes to the
+ * stack as before.
  */
 #ifndef LB_FORWARD_H
 #define LB_FORWARD_H
@@ -37,7 +38,9 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_pkt
 	fib.family = LB_AF_INET;
 	fib.tos = ip->tos;
 	fib.l4_protocol = ip->protocol;
-	fib.tot_len = bpf_ntohs(ip->tot_len);
+	/* The MTU check is for packets we would have to fragment; a GSO packet
+	 * is cut into segments on the way out, so it skips the check. */
+	fib.tot_len = skb->gso_size ? 0 : bpf_ntohs(ip->tot_len);
 	fib.ipv4_src = ip->saddr;
 	fib.ipv4_dst = ip->daddr;
 	fib.ifindex = skb->ingress_ifindex;
