@@ -8,7 +8,8 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux curl socat \
-	iperf3 nginx-light iputils-ping tcpdump gcc make man-db
+	iperf3 nginx-light iputils-ping tcpdump gcc make man-db zsh fish \
+	haproxy nftables iptables wrk sockperf
 
 .PHONY: demo test bench lint deps apt venv datapath bpffs clean
 
@@ -42,7 +43,7 @@ venv: apt $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	touch $@
 
 datapath: apt
