@@ -1,8 +1,8 @@
 """`make bench`: our LB beside direct forwarding, iptables/nftables DNAT and HAProxy on real
 traffic, the datapath's cost per packet, conntrack at scale, control plane and CLI.
 
-    make bench                       # the whole suite (about 14 min on 2 cores)
-    .venv/bin/python bench/run.py --quick            # about 1.5 min
+    make bench                       # the whole suite (about 12 min on 2 cores)
+    .venv/bin/python bench/run.py --quick            # about 75 s
     .venv/bin/python bench/run.py --parts network,testrun
 
 Writes bench/results/<date>-<host>.json (``-quick`` before the suffix for --quick), the
