@@ -30,7 +30,7 @@ def _drain(h: DpHarness, handler: Any) -> tuple[int, float]:
     ring = RingBuffer(h.dp.maps["lb_events"].fd, handler)
     started = time.perf_counter()
     total = 0
-    while (n := ring.poll(0)) > 0:
+    while (n := ring.consume()) > 0:
         total += n
     elapsed = time.perf_counter() - started
     ring.close()

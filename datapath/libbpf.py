@@ -533,6 +533,15 @@ class RingBuffer:
             return 0
         return _check(ret, "ring_buffer__poll")
 
+    def consume(self) -> int:
+        """Handle every record waiting now, without waiting for a wake-up."""
+        assert self._rb is not None
+        ret = _lib.ring_buffer__consume(self._rb)
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        return _check(ret, "ring_buffer__consume")
+
     def close(self) -> None:
         if self._rb:
             _lib.ring_buffer__free(self._rb)

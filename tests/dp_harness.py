@@ -169,7 +169,7 @@ class DpHarness:
         return socket.inet_ntoa(out[30:34])
 
     def events(self) -> list[L.LbEvent]:
-        self._ring.poll(0)
+        self._ring.consume()
         got, self._events = self._events, []
         return got
 

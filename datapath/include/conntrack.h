@@ -42,6 +42,16 @@ static __always_inline int lb_ct_idle(const struct lb_ct_entry *ct, __u64 now)
 	return now > ct->last_seen_ns && now - ct->last_seen_ns > lb_ct_timeout_ns(ct);
 }
 
+/* Waking the agent costs an interrupt per event; it is woken only once this
+ * much is waiting, and otherwise collects on its own timer. */
+#define LB_EVENTS_WAKEUP_BYTES (256 * 1024)
+
+static __always_inline __u64 lb_event_wakeup(void)
+{
+	return bpf_ringbuf_query(&lb_events, BPF_RB_AVAIL_DATA) >= LB_EVENTS_WAKEUP_BYTES
+		       ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
 /* Send an event with both entries; a full ring buffer is counted, never waited on. */
 static __always_inline void lb_ct_emit(__u8 type, __u8 reason, const struct lb_ct_key *key,
 				       const struct lb_ct_entry *orig,
@@ -64,7 +74,7 @@ static __always_inline void lb_ct_emit(__u8 type, __u8 reason, const struct lb_c
 		ev->reply = *reply;
 	else
 		__builtin_memset(&ev->reply, 0, sizeof(ev->reply));
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, lb_event_wakeup());
 }
 
 /* The flow stops counting towards its endpoint's load (once). */

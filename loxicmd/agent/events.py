@@ -24,6 +24,10 @@ log = logging.getLogger("loxilbd.events")
 
 EventHandler = Callable[[LbEvent], None]
 
+# How long events may wait in the ring buffer when few come (the datapath
+# wakes the reader early once many are queued).
+POLL_MS = 50
+
 
 class EventPump:
     def __init__(self, dp: Dataplane, handlers: Sequence[EventHandler],
@@ -66,7 +70,10 @@ class EventPump:
         return self._poll(0)
 
     def _poll(self, timeout_ms: int) -> int:
-        handled = self._ring.poll(timeout_ms)
+        """Wait up to timeout_ms for a wake-up, then take whatever is queued:
+        the datapath wakes the reader only when a lot is waiting."""
+        handled = self._ring.poll(timeout_ms) if timeout_ms else 0
+        handled += self._ring.consume()
         if handled and self.on_batch:
             self.on_batch()
         return handled
@@ -74,7 +81,7 @@ class EventPump:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self._poll(200) == 0:
+                if self._poll(POLL_MS) == 0:
                     self._check_lost()
             except Exception:
                 log.exception("event pump")
