@@ -373,17 +373,7 @@ class AuditLog:
             f'{str(us + 1_000_000)[1:]}Z","event":"{event}",{segment},'
             f'"client":"{client}","nat_source":"{nat}"{tail}'
         )
-        # _emit(), inlined: this is the hot path.
-        n = len(line)  # ASCII only: characters == bytes
-        if self._size + n > self.max_bytes and self._size > 0:
-            self._rotate()
-        self._pending.append(line)
-        self._pending_len += n
-        self._size += n
-        self.lines += 1
-        self.bytes += n
-        if self._pending_len >= FLUSH_BYTES:
-            self.flush()
+        self._emit(line)
 
     # Cache fillers (the slow path of the lookups in handle()).
     def _port(self, raw: int) -> str:
