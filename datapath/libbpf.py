@@ -161,7 +161,6 @@ _sig("bpf_tc_hook_create", _int, ctypes.POINTER(_TcHook))
 _sig("bpf_tc_hook_destroy", _int, ctypes.POINTER(_TcHook))
 _sig("bpf_tc_attach", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
 _sig("bpf_tc_detach", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
-_sig("bpf_tc_query", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
 _sig("bpf_map_update_elem", _int, _int, _vp, _vp, ctypes.c_uint64)
 _sig("bpf_map_lookup_elem", _int, _int, _vp, _vp)
 _sig("bpf_map_delete_elem", _int, _int, _vp)
@@ -450,19 +449,6 @@ def tc_attach(ifindex: int, prog_fd: int, *, handle: int = 1, priority: int = 1,
                    handle=handle, priority=priority)
     _check(_lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
            f"attach to ifindex {ifindex}")
-
-
-def tc_query(ifindex: int, *, handle: int = 1, priority: int = 1,
-             direction: int = BPF_TC_INGRESS) -> int | None:
-    """The id of the program attached at (handle, priority), or None."""
-    hook = _tc_hook(ifindex, direction)
-    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), handle=handle, priority=priority)
-    ret = _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
-    if ret < 0:
-        if _errno_of(ret) in (errno_mod.ENOENT, errno_mod.EINVAL):
-            return None
-        _check(ret, f"query ifindex {ifindex}")
-    return opts.prog_id
 
 
 def tc_detach(ifindex: int, *, handle: int = 1, priority: int = 1,

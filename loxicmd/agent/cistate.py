@@ -2,21 +2,18 @@
 
 ``POST /config/cistate`` (keepalived's notify hook, ``loxicmd set hastate``) records the
 state of an instance; what the state does to the datapath comes with the HA work.
-The file is replaced atomically (write, fsync, rename, fsync the directory).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from .model import InvalidInput
 from .rules import ApiError
-from .store import _fsync_dir
+from .store import StateStore
 
 HA_STATES: tuple[str, ...] = ("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED")
 DEFAULT_INSTANCE = "default"
@@ -54,24 +51,17 @@ def parse_cistate(body: Any) -> dict[str, str]:
 
 
 class CIStateStore:
-    """Instance states in ``<state dir>/cistate.json``; the default instance starts
-    NOT_DEFINED as in LoxiLB."""
-
-    FILE = "cistate.json"
-    VERSION = 1
+    """Instance states, kept in the state directory's `cistate` journal (the
+    same store as rules); the default instance starts NOT_DEFINED as in LoxiLB."""
 
     def __init__(self, state_dir: str | Path) -> None:
-        self.dir = Path(state_dir)
-        self.path = self.dir / self.FILE
+        self.store = StateStore(state_dir, "cistate", lock=False)
         self._lock = threading.Lock()
         try:
-            saved = json.loads(self.path.read_text()) if self.path.exists() else {}
-            if saved and saved.get("version") != self.VERSION:
-                raise ValueError(f"unknown format (want version {self.VERSION})")
-            self._states = {item["instance"]: parse_cistate(item)
-                            for item in saved.get("instances", [])}
-        except (InvalidInput, KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise ValueError(f"{self.path}: {exc}; fix or move it away") from None
+            self._states = {name: parse_cistate(entry)
+                            for name, entry in self.store.load().items()}
+        except InvalidInput as exc:
+            raise ValueError(f"{self.store.path}: {exc}; fix or move it away") from None
         self._states.setdefault(DEFAULT_INSTANCE, {"instance": DEFAULT_INSTANCE,
                                                    "state": "NOT_DEFINED", "vip": ""})
 
@@ -83,25 +73,10 @@ class CIStateStore:
     def set(self, body: Any) -> dict[str, str]:
         entry = parse_cistate(body)
         with self._lock:
-            previous = self._states.get(entry["instance"])
-            self._states[entry["instance"]] = entry
             try:
-                self._save()
+                self.store.put(entry["instance"], entry)
             except OSError as exc:
-                if previous is None:
-                    del self._states[entry["instance"]]
-                else:
-                    self._states[entry["instance"]] = previous
                 raise ApiError(500, "state-save-failed",
-                               f"could not save state to {self.path}: {exc}") from exc
+                               f"could not save state in {self.store.dir}: {exc}") from exc
+            self._states[entry["instance"]] = entry
         return entry
-
-    def _save(self) -> None:
-        tmp = self.path.with_name(self.FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"version": self.VERSION, "instances": list(self._states.values())}, f,
-                      indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.dir)

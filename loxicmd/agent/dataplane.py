@@ -12,12 +12,12 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import datapath
 from datapath import layouts as L
-from datapath.libbpf import BpfMap, BpfObject, prog_test_run, tc_attach, tc_detach, tc_query
+from datapath.libbpf import BpfMap, BpfObject, prog_test_run, tc_attach, tc_detach
 
 from .maglev import build_table
 from .model import PERSIST_LIFETIME_S, LbRule
@@ -98,10 +98,6 @@ class Dataplane:
             tc_attach(ifindex, self.prog_fd, handle=TC_HANDLE, priority=TC_PRIORITY)
             self.attached[name] = ifindex
             log.info("attached to %s (ifindex %d)", name, ifindex)
-
-    def is_attached(self, ifname: str) -> bool:
-        return tc_query(socket.if_nametoindex(ifname), handle=TC_HANDLE,
-                        priority=TC_PRIORITY) is not None
 
     def detach_all(self) -> None:
         for name, ifindex in list(self.attached.items()):
@@ -225,14 +221,6 @@ class Dataplane:
         ctx = bytearray(_SKB_CTX_LEN)
         ctx[_SKB_CB_OFFSET:_SKB_CB_OFFSET + 12] = (ctypes.c_uint32 * 3)(mode, target, reason)
         return prog_test_run(self.sweep_fd, _DUMMY_FRAME, ctx=bytes(ctx)).retval
-
-    def flows(self) -> Iterator[FlowView]:
-        entries = list(self.maps["lb_conntrack"].items())
-        replies = {bytes(k): e for k, e in entries if e.dir == L.CT_DIR_REPLY}
-        for key, e in entries:
-            if e.dir != L.CT_DIR_ORIGINAL:
-                continue
-            yield flow_view(key, e, replies.get(bytes(e.peer)))
 
     # -- counters -------------------------------------------------------------
     def _sum(self, map_name: str, index: int) -> tuple[int, int]:
