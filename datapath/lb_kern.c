@@ -98,7 +98,7 @@ int lb_ingress(struct __sk_buff *skb)
 
 	now = bpf_ktime_get_ns();
 	ct = bpf_map_lookup_elem(&lb_conntrack, &pkt.tuple);
-	if (ct && ct->dir == LB_CT_DIR_REPLY && lb_ct_idle(ct, now)) {
+	if (ct && ct->dir == LB_CT_DIR_REPLY && lb_ct_flow_idle(ct, now)) {
 		struct lb_ct_key orig_key = ct->peer;
 		struct lb_ct_entry *orig = bpf_map_lookup_elem(&lb_conntrack, &orig_key);
 
@@ -108,7 +108,8 @@ int lb_ingress(struct __sk_buff *skb)
 			bpf_map_delete_elem(&lb_conntrack, &pkt.tuple);
 		return TC_ACT_OK;
 	}
-	if (ct && ct->dir == LB_CT_DIR_ORIGINAL && (lb_ct_idle(ct, now) || lb_ct_is_reopen(ct, &pkt))) {
+	if (ct && ct->dir == LB_CT_DIR_ORIGINAL &&
+	    (lb_ct_flow_idle(ct, now) || lb_ct_is_reopen(ct, &pkt))) {
 		lb_ct_end(&pkt.tuple, ct, LB_REASON_TIMEOUT, now);
 		ct = NULL;
 	}
@@ -157,7 +158,7 @@ static long lb_sweep_one(void *map, struct lb_ct_key *key, struct lb_ct_entry *c
 	}
 	switch (sc->mode) {
 	case LB_SWEEP_IDLE:
-		if (!lb_ct_idle(ct, sc->now))
+		if (!lb_ct_flow_idle(ct, sc->now))
 			return 0;
 		lb_ct_end(key, ct, LB_REASON_TIMEOUT, sc->now);
 		break;

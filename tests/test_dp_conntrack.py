@@ -117,9 +117,9 @@ def test_handshake_and_closing_states_time_out_sooner(h: DpHarness) -> None:
     ct = h.dp.maps["lb_conntrack"]
     h.apply(lb_body())
     h.run(tcp(flags="S"))
-    key, entry = next((k, e) for k, e in ct.items() if e.dir == L.CT_DIR_ORIGINAL)
-    entry.last_seen_ns -= 61 * 10**9  # as if the SYN had been sent 61 s ago
-    ct.update(key, entry)
+    for key, entry in list(ct.items()):  # both directions: as if the SYN were 61 s old
+        entry.last_seen_ns -= 61 * 10**9
+        ct.update(key, entry)
     assert h.dp.sweep(L.SWEEP_IDLE) == 1, "half-open flows live 60 s, not the rule's 240 s"
 
 
@@ -177,3 +177,17 @@ def test_a_full_event_ring_counts_lost_events_and_never_blocks(h: DpHarness) -> 
     lost = h.drops("events-lost") - before
     assert lost > 0
     assert len(h.events()) + lost == flows
+
+
+def test_a_flow_busy_in_one_direction_only_is_not_idle(h: DpHarness) -> None:
+    """A UDP server streaming after one request keeps the flow alive (replies
+    refresh only their own entry; idleness is judged over both)."""
+    h.apply(lb_body(proto="udp", inactiveTimeOut=1))
+    h.run(udp())
+    reply = udp(src=EPS[0], dst=CLIENT, sport=8080, dport=40000)
+    for _ in range(4):
+        time.sleep(0.4)
+        assert h.run(reply)[1][IP].src == VIP, "replies are still translated"
+        assert h.dp.sweep(L.SWEEP_IDLE) == 0
+    time.sleep(1.2)
+    assert h.dp.sweep(L.SWEEP_IDLE) == 1, "silent both ways: now it expires"

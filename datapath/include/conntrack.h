@@ -42,6 +42,19 @@ static __always_inline int lb_ct_idle(const struct lb_ct_entry *ct, __u64 now)
 	return now > ct->last_seen_ns && now - ct->last_seen_ns > lb_ct_timeout_ns(ct);
 }
 
+/* A flow is idle when neither direction has been seen within its timeout.
+ * Each entry records only its own direction, so the peer is consulted, and
+ * only when the cheap test of this entry already says idle. */
+static __always_inline int lb_ct_flow_idle(const struct lb_ct_entry *ct, __u64 now)
+{
+	const struct lb_ct_entry *peer;
+
+	if (!lb_ct_idle(ct, now))
+		return 0;
+	peer = bpf_map_lookup_elem(&lb_conntrack, &ct->peer);
+	return !peer || lb_ct_idle(peer, now);
+}
+
 /* Waking the agent costs an interrupt per event; it is woken only once this
  * much is waiting, and otherwise collects on its own timer. */
 #define LB_EVENTS_WAKEUP_BYTES (256 * 1024)

@@ -52,8 +52,9 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_pkt
 	old_ttl_proto = *(__be16 *)&ip->ttl;
 	ip->ttl--;
 	new_ttl_proto = *(__be16 *)&ip->ttl;
-	bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_ttl_proto,
-			    new_ttl_proto, sizeof(__be16));
+	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_ttl_proto,
+				new_ttl_proto, sizeof(__be16)))
+		return TC_ACT_SHOT;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
 
