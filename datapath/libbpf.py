@@ -27,7 +27,6 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
-BPF_EXIST = 2
 
 BPF_MAP_TYPE_ARRAY = 2
 
@@ -156,9 +155,7 @@ _sig("bpf_map__value_size", _u32, _vp)
 _sig("bpf_map__max_entries", _u32, _vp)
 _sig("bpf_map__set_max_entries", _int, _vp, _u32)
 _sig("bpf_map__set_pin_path", _int, _vp, _cp)
-_sig("bpf_map__unpin", _int, _vp, _cp)
 _sig("bpf_tc_hook_create", _int, ctypes.POINTER(_TcHook))
-_sig("bpf_tc_hook_destroy", _int, ctypes.POINTER(_TcHook))
 _sig("bpf_tc_attach", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
 _sig("bpf_tc_detach", _int, ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts))
 _sig("bpf_map_update_elem", _int, _int, _vp, _vp, ctypes.c_uint64)
@@ -291,20 +288,6 @@ class BpfMap:
                 return False
             _check(ret, f"delete from {self.name}")
         return True
-
-    def keys(self) -> Iterator[Any]:
-        prev: Any = None
-        while True:
-            nxt = self.key_type()
-            ret = _lib.bpf_map_get_next_key(
-                self.fd, ctypes.addressof(prev) if prev is not None else None,
-                ctypes.addressof(nxt))
-            if ret < 0:
-                if _errno_of(ret) == errno_mod.ENOENT:
-                    return
-                _check(ret, f"iterate {self.name}")
-            yield nxt
-            prev = nxt
 
     def items(self, batch: int = 4096) -> Iterator[tuple[Any, Any]]:
         """All entries, read with BPF_MAP_LOOKUP_BATCH (one syscall per `batch`)."""

@@ -81,6 +81,13 @@ def test_a_dead_tcp_backend_stops_getting_traffic_and_comes_back(
     assert {r["ENDPOINT"]: r["STATE"] for r in wide}[topo.backend_ips[0]] == "inactive"
     assert collections.Counter(names(topo, 12)) == {"server2": 6, "server3": 6}
 
+    # updating the rule in place keeps what the probes know
+    reweighted = ",".join(f"{ip}:2" for ip in topo.backend_ips)
+    assert node.loxicmd("create", "lb", VIP, "--tcp=2020:8080", f"--endpoints={reweighted}",
+                        "--monitor").returncode == 0
+    assert lb_states(node)[topo.backend_ips[0]] == "inactive"
+    assert ep_states(node)[topo.backend_ips[0]] == "nok"
+
     restart_backend(lab, topo, 0)
     wait_for(lambda: ep_states(node)[topo.backend_ips[0]] == "ok", timeout=10,
              what="server1 to recover")

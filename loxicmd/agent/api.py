@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loxicmd.names import API_BASE_PATH, PROTOCOLS
 
-from .config_api import config_router, json_body
+from .config_api import SUCCESS, config_router, json_body
 from .endpoints import EndpointTable
 from .model import InvalidInput
 from .rules import ApiError, FlowFilter, RuleTable
@@ -24,7 +24,6 @@ from .rules import ApiError, FlowFilter, RuleTable
 log = logging.getLogger("loxilbd.api")
 
 VERSION = "0.1.0"
-SUCCESS = {"result": "Success"}
 
 
 def _error(status: int, result: str, message: str) -> JSONResponse:

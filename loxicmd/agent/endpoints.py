@@ -112,6 +112,8 @@ class EndpointTable:
         self.configs: dict[str, EndpointConfig] = {}
         self.host_states: dict[str, str] = {}  # "ip:port/proto" -> green|yellow|red
         self.watch: dict[int, ProbeSpec] = {}  # endpoint slot -> its probe
+        # probe -> the (rule id, endpoint) pairs it decides for
+        self.watchers: dict[ProbeSpec, set[tuple[int, tuple[str, int]]]] = {}
         rules.observer = self
 
     # -- persistence --------------------------------------------------------
@@ -184,7 +186,7 @@ class EndpointTable:
             self.store.put(key, {"kind": "hoststate", "state": state})
             self.host_states[key] = state
             for rec in list(self.rules.records.values()):
-                if rec.rule.key.protocol != proto and port:
+                if rec.rule.key.protocol != proto:
                     continue
                 for ep in rec.rule.endpoints:
                     if ep.ip == host and port in (0, ep.target_port):
@@ -238,27 +240,31 @@ class EndpointTable:
         return down
 
     def rule_changed(self, old: RuleRecord | None, new: RuleRecord | None) -> None:
-        if old is not None:
-            for slot in old.slots.values():
-                spec = self.watch.pop(slot, None)
-                if spec is not None:
-                    self.monitor.remove(spec)
+        dropped = []
+        for ident, slot in (old.slots.items() if old else ()):
+            spec = self.watch.pop(slot, None)
+            if spec is not None:
+                self.watchers[spec].discard((old.rule_id, ident))
+                dropped.append(spec)
         if new is not None and new.rule.probe is not None:
             for ep in new.rule.endpoints:
                 spec = self._spec_for(new.rule, ep)
                 self.watch[new.slots[ep.ident]] = spec
+                self.watchers.setdefault(spec, set()).add((new.rule_id, ep.ident))
                 self.monitor.add(spec)
+        # Released after the new ones were added: a probe the rule keeps never
+        # drops to zero references in between (which would forget its state).
+        for spec in dropped:
+            self.monitor.remove(spec)
+            if not self.watchers.get(spec):
+                self.watchers.pop(spec, None)
 
     def on_health_change(self, spec: ProbeSpec, healthy: bool) -> None:
         """From the monitor's thread: flip every endpoint that uses this probe."""
         log.info("endpoint %s is %s", _name(spec), "ok" if healthy else "nok")
         with self.lock:
-            by_slot = {slot: rec for rec in self.rules.records.values()
-                       for slot in rec.slots.values()}
-            for slot, watched in list(self.watch.items()):
-                rec = by_slot.get(slot)
-                if watched != spec or rec is None:
-                    continue
-                for ep in rec.rule.endpoints:
-                    if rec.slots[ep.ident] == slot:
-                        self._refresh(slot, rec, ep, healthy=healthy)
+            for rule_id, ident in list(self.watchers.get(spec, ())):
+                rec = self.rules.by_id.get(rule_id)
+                if rec is not None and ident in rec.slots:
+                    ep = next(e for e in rec.rule.endpoints if e.ident == ident)
+                    self._refresh(rec.slots[ident], rec, ep, healthy=healthy)

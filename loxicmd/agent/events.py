@@ -37,7 +37,6 @@ class EventPump:
         self.handlers = list(handlers)
         self.on_lost = on_lost
         self.on_batch = on_batch  # after each batch of events (e.g. flush the audit log)
-        self.received = 0
         self.lost_reported = dp.drop_counters()["events-lost"][0]
         self._stop = threading.Event()
         self._ring = RingBuffer(dp.maps["lb_events"].fd, self._handle)
@@ -49,7 +48,6 @@ class EventPump:
 
     def _handle(self, data: bytes) -> None:
         ev = LbEvent.from_buffer_copy(data)
-        self.received += 1
         for handler in self.handlers:
             try:
                 handler(ev)
@@ -103,7 +101,6 @@ class Sweeper:
     def __init__(self, dp: Dataplane, interval: float = 1.0) -> None:
         self.dp = dp
         self.interval = interval
-        self.expired = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ct-sweeper", daemon=True)
 
@@ -114,7 +111,7 @@ class Sweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.expired += self.dp.sweep(SWEEP_IDLE)
+                self.dp.sweep(SWEEP_IDLE)
             except Exception:
                 log.exception("conntrack sweep")
 

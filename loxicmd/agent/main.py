@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -157,8 +158,12 @@ def _health_checks(stack: contextlib.ExitStack, table: RuleTable, state_dir: str
 
     ep_store = StateStore(state_dir, "endpoints", lock=False)
     stack.callback(ep_store.close)
-    monitor = HealthMonitor(on_change=lambda spec, healthy: table_ep.on_health_change(
-        spec, healthy))
+    # Health changes are applied on a worker of their own: they take the rule
+    # table's lock, which must never stall the probe loop's timers.
+    applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-apply")
+    stack.callback(applier.shutdown)
+    monitor = HealthMonitor(on_change=lambda spec, healthy: applier.submit(
+        table_ep.on_health_change, spec, healthy))
     table_ep = EndpointTable(table, monitor, ep_store)
     table_ep.restore()
     monitor.start()

@@ -105,6 +105,7 @@ class RuleTable:
         self.observer: RuleObserver | None = None
         self.inactive: set[int] = set()  # endpoint slots that get no new flows
         self.records: dict[RuleKey, RuleRecord] = {}
+        self.by_id: dict[int, RuleRecord] = {}  # the same records by rule id
         self.rule_ids = IdPool(max_rules, "rule", "serviceArguments")
         self.slots = IdPool(max_endpoints, "endpoint", "endpoints")
         self.lock = threading.RLock()
@@ -134,7 +135,7 @@ class RuleTable:
                 if self.observer:
                     self.inactive |= self.observer.initially_inactive(record)
                 self.dp.program_rule(rule_id, rule, slots, inactive=self.inactive)
-                self.records[rule.key] = record
+                self._put(record)
                 self.rule_ids.take(rule_id)
                 if self.observer:
                     self.observer.rule_changed(None, record)
@@ -250,10 +251,10 @@ class RuleTable:
         try:
             self.dp.program_rule(record.rule_id, rule, record.slots,
                                  current.rule if current else None, fresh, self.inactive)
-            self.records[rule.key] = record
+            self._put(record)
             self._persist(put=record)
         except Exception:
-            self.slots.free(fresh)
+            self._free_slots(fresh)
             if current is None:
                 self.rule_ids.free([record.rule_id])
             self._rollback(rule.key, record, current)
@@ -270,10 +271,10 @@ class RuleTable:
     def _rollback(self, key: RuleKey, attempted: RuleRecord, previous: RuleRecord | None) -> None:
         try:
             if previous is None:
-                self.records.pop(key, None)
+                self._drop(attempted)
                 self.dp.remove_rule(attempted.rule_id, attempted.rule, ())
             else:
-                self.records[key] = previous
+                self._put(previous)
                 self.dp.program_rule(previous.rule_id, previous.rule, previous.slots,
                                      attempted.rule)
         except Exception:  # the original error is the one to report
@@ -285,15 +286,18 @@ class RuleTable:
             if not doomed and what:
                 raise ApiError(404, "lbrule-not-found", f"no rule {what}")
             for rec in doomed:
-                del self.records[rec.rule.key]
+                self._drop(rec)
             try:
                 self._persist(deleted=doomed)
             except ApiError:
                 for rec in doomed:
-                    self.records[rec.rule.key] = rec
+                    self._put(rec)
                 raise
             for rec in doomed:
-                self.dp.remove_rule(rec.rule_id, rec.rule, rec.slots.values())
+                try:
+                    self.dp.remove_rule(rec.rule_id, rec.rule, rec.slots.values())
+                except Exception:  # it is deleted for good: free what it held regardless
+                    log.exception("removing rule %s from the datapath", rec.rule.key.describe())
                 self._free_slots(rec.slots.values())
                 self.rule_ids.free([rec.rule_id])
                 if self.observer:
@@ -327,12 +331,18 @@ class RuleTable:
                 and k.block == block and k.host == host
                 and (port_max is None or k.port_max == port_max)]
 
+    def _put(self, record: RuleRecord) -> None:
+        self.records[record.rule.key] = record
+        self.by_id[record.rule_id] = record
+
+    def _drop(self, record: RuleRecord) -> None:
+        self.records.pop(record.rule.key, None)
+        self.by_id.pop(record.rule_id, None)
+
     def name_of(self, rule_id: int) -> str:
         """The service name of a rule id ("" when unknown): read by the event thread."""
-        for rec in list(self.records.values()):
-            if rec.rule_id == rule_id:
-                return rec.rule.name
-        return ""
+        rec = self.by_id.get(rule_id)
+        return rec.rule.name if rec else ""
 
     def by_name(self, name: str) -> list[RuleKey]:
         return [k for k, r in self.records.items() if r.rule.name == name]
@@ -358,7 +368,7 @@ class RuleTable:
         after each page (None after the last). Pages are read with batch lookups,
         so the whole table is never held at once."""
         with self.lock:
-            by_id = {r.rule_id: r for r in self.records.values()}
+            by_id = dict(self.by_id)
         ct = self.dp.maps["lb_conntrack"]
         token = after
         while True:
