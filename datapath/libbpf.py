@@ -133,6 +133,16 @@ class _TestRunOpts(ctypes.Structure):
     ]
 
 
+class MapInfo(ctypes.Structure):
+    """The leading fields of the kernel's struct bpf_map_info (it fills what we size)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16),
+    ]
+
+
 class _BatchOpts(ctypes.Structure):
     _fields_ = [
         ("sz", ctypes.c_size_t), ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64),
@@ -171,6 +181,8 @@ _sig(
     ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(_BatchOpts),
 )
 _sig("bpf_map_create", _int, _int, _cp, _u32, _u32, _u32, _vp)
+_sig("bpf_obj_get", _int, _cp)
+_sig("bpf_obj_get_info_by_fd", _int, _int, _vp, ctypes.POINTER(_u32))
 _sig("bpf_prog_test_run_opts", _int, _int, ctypes.POINTER(_TestRunOpts))
 _RB_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _sig("ring_buffer__new", _vp, _int, _RB_CB, _vp, _vp)
@@ -197,6 +209,23 @@ def num_possible_cpus() -> int:
     return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
 
+def pinned_map_info(path: str) -> MapInfo | None:
+    """What the kernel says of the map pinned at `path`; None when nothing is pinned there."""
+    fd = _lib.bpf_obj_get(path.encode())
+    if fd < 0:
+        if _errno_of(fd) == errno_mod.ENOENT:
+            return None
+        _check(fd, f"open pinned {path}")
+    try:
+        info = MapInfo()
+        size = _u32(ctypes.sizeof(info))
+        _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.addressof(info), ctypes.byref(size)),
+               f"info of pinned {path}")
+        return info
+    finally:
+        os.close(fd)
+
+
 class BpfMap:
     """A map: typed lookups with the ctypes layouts of datapath.layouts."""
 
@@ -210,8 +239,12 @@ class BpfMap:
         self.percpu = percpu
         self.ncpus = num_possible_cpus() if percpu else 1
         self._owned = owned  # a map we created ourselves: close its fd with us
-        # per-CPU values are laid out at 8-byte strides
-        self._stride = (ctypes.sizeof(value_type) + 7) & ~7 if value_type else 0
+        # The kernel lays per-CPU values out at 8-byte strides, one per possible
+        # CPU; every other map's values (single lookups and batches alike) are
+        # packed at their own size. A wrong stride reads the wrong bytes.
+        size = ctypes.sizeof(value_type) if value_type else 0
+        self._stride = (size + 7) & ~7 if percpu else size
+        self._key_size = ctypes.sizeof(key_type) if key_type else 0
 
     @classmethod
     def from_object(cls, handle: int, key_type: type | None, value_type: type | None) -> BpfMap:
@@ -324,7 +357,7 @@ class BpfMap:
             return self.page(token, count * 2)
         if err not in (0, errno_mod.ENOENT):
             _check(ret, f"batch lookup {self.name}")
-        items = [(self.key_type.from_buffer_copy(keys[i]),
+        items = [(self.key_type.from_buffer_copy(keys, i * self._key_size),
                   self._decode_value(values, i * self._stride * self.ncpus))
                  for i in range(got.value)]
         return items, None if err == errno_mod.ENOENT else token_out.raw

@@ -6,6 +6,7 @@ Usage::
     client.py http HOST PORT [--count N] [--path /] [--sport P] [--gap S] [--timeout T]
     client.py session HOST PORT [--sport P] [--interval S] [--chunk N] [--timeout T]
     client.py udp HOST PORT [--count N] [--payload TEXT] [--timeout T]
+    client.py sweep [--timeout T] < targets
 
 ``http``: N sequential HTTP/1.1 GETs, each on its own connection, closed before the next
 one opens; prints the first line of each body (a lab backend's name) on its own line.
@@ -17,6 +18,11 @@ does not get a ``200`` answer.
 the sockets stay open until the end); the sockets are connected, so only an answer from
 ``HOST:PORT`` itself counts. Prints each answer (decoded) on its own line; status 1 and
 the reason on stderr at the first datagram left unanswered.
+
+``sweep``: one exchange with each target read from stdin, one ``tcp|udp HOST PORT`` per
+line (tcp: an HTTP GET on its own connection; udp: a datagram from its own socket). Prints
+one JSON object per target, ``{"target": "tcp HOST PORT", "answer": "server1"}`` or
+``{"target": ..., "error": "..."}``, and always exits 0: the caller judges the answers.
 
 ``session``: one long-lived TCP connection to an echo server. Every ``--interval`` seconds
 (0: only once, at the start: an idle session) it sends ``--chunk`` random bytes and reads
@@ -140,6 +146,30 @@ def cmd_udp(args: argparse.Namespace) -> int:
     return 0
 
 
+def udp_once(host: str, port: int, payload: bytes, timeout: float) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.send(payload)
+        return sock.recv(65535).decode(errors="replace")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        proto, host, port = line.split()
+        try:
+            if proto == "tcp":
+                answer = http_once(host, int(port), "/", None, args.timeout)
+            else:
+                answer = udp_once(host, int(port), b"ping", args.timeout)
+            emit(target=line.strip(), answer=answer.strip())
+        except OSError as exc:
+            emit(target=line.strip(), error=repr(exc))
+    return 0
+
+
 class Session:
     def __init__(self, sock: socket.socket, chunk: int, timeout: float) -> None:
         self.sock = sock
@@ -233,6 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     http = sub.add_parser("http", help="sequential HTTP GETs, printing the backends' names")
     session = sub.add_parser("session", help="a long-lived, verified TCP echo session")
     udp = sub.add_parser("udp", help="UDP exchanges, each from its own source port")
+    sweep = sub.add_parser("sweep", help="one exchange with each target given on stdin")
+    sweep.add_argument("--timeout", type=float, default=2.0, help="per-target timeout (s)")
     for p in (http, session, udp):
         p.add_argument("host")
         p.add_argument("port", type=int)
@@ -252,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commands = {"http": cmd_http, "udp": cmd_udp, "session": cmd_session}
+    commands = {"http": cmd_http, "udp": cmd_udp, "session": cmd_session, "sweep": cmd_sweep}
     return commands[args.command](args)
 
 

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 
 import datapath
 from datapath import layouts as L
-from datapath.libbpf import BpfMap, BpfObject, prog_test_run, tc_attach, tc_detach
+from datapath.libbpf import (
+    BpfMap,
+    BpfObject,
+    LibbpfError,
+    pinned_map_info,
+    prog_test_run,
+    tc_attach,
+    tc_detach,
+)
 
 from .maglev import build_table
 from .model import PERSIST_LIFETIME_S, LbRule
@@ -81,8 +89,25 @@ class Dataplane:
     def __init__(self, pin_dir: str, object_path: str | None = None,
                  ct_entries: int | None = None) -> None:
         self.pin_dir = pin_dir
-        sizes = {"lb_conntrack": ct_entries} if ct_entries else None
-        self.obj = BpfObject(str(object_path or datapath.OBJECT_PATH), L.MAPS, pin_dir, sizes)
+        # A pinned table keeps its size: a restart without --ct-entries takes it over,
+        # a different size would need a new (empty) table, which ends every flow.
+        pinned = pinned_map_info(f"{pin_dir}/lb_conntrack")
+        if pinned is not None and ct_entries and pinned.max_entries != ct_entries:
+            raise ValueError(f"the conntrack table pinned in {pin_dir} holds "
+                             f"{pinned.max_entries} entries, not {ct_entries}: start with that "
+                             "--ct-entries, or run `loxilbd --cleanup` first (which ends every "
+                             "flow)")
+        size = ct_entries or (pinned.max_entries if pinned is not None else None)
+        sizes = {"lb_conntrack": size} if size else None
+        try:
+            self.obj = BpfObject(str(object_path or datapath.OBJECT_PATH), L.MAPS, pin_dir,
+                                 sizes)
+        except LibbpfError as exc:
+            if "couldn't reuse pinned map" in exc.detail:
+                raise ValueError(f"the maps pinned in {pin_dir} do not fit this datapath "
+                                 "(made by another build of it): run `loxilbd --cleanup` "
+                                 f"first (which ends every flow)\n{exc}") from None
+            raise
         self.prog_fd = self.obj.program_fd(datapath.PROGRAM_NAME)
         self.sweep_fd = self.obj.program_fd(datapath.SWEEP_PROGRAM_NAME)
         self.maps = self.obj.maps
