@@ -16,6 +16,7 @@ from typing import Any
 from lab import Lab, Netns, wait_for
 
 from loxicmd.agent.dataplane import unpin
+from loxicmd.agent.main import PIN_ROOT
 
 _ports = itertools.count(21000 + (os.getpid() % 500) * 20)
 
@@ -30,11 +31,15 @@ class LbNode:
     pin_dir: str = field(default_factory=lambda: f"/sys/fs/bpf/loxilb-test-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[Any] | None = None
     starts: int = 0
+    node: str | None = None  # set: started with --node (maps under /sys/fs/bpf/loxilb/NODE)
+    extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.state_dir is None:
             self.state_dir = self.lab.workdir / f"state-{self.ns.name}"
-        self.lab.register_cleanup(lambda: unpin(self.pin_dir))
+        if self.node is not None:
+            self.pin_dir = f"{PIN_ROOT}/{self.node}"
+        self.lab.register_cleanup(lambda: unpin(self.pin_dir, parent=PIN_ROOT))
 
     @property
     def log_path(self) -> Path:
@@ -44,12 +49,17 @@ class LbNode:
         self.starts += 1
         self.proc = self.ns.popen(
             "loxilbd", "--port", str(self.port), "--state-dir", str(self.state_dir),
-            "--bpffs-dir", self.pin_dir, "--interfaces", ",".join(self.interfaces),
-            "--ct-entries", "16384", "--log-level", "debug",
+            *self.pin_args, "--interfaces", ",".join(self.interfaces),
+            "--ct-entries", "16384", "--log-level", "debug", *self.extra_args,
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),  # noqa: SIM115
         )
         wait_for(self._ready, timeout=20, what=f"loxilbd ready on port {self.port}")
         return self
+
+    @property
+    def pin_args(self) -> tuple[str, ...]:
+        """How loxilbd is told where this node's maps are."""
+        return ("--node", self.node) if self.node is not None else ("--bpffs-dir", self.pin_dir)
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

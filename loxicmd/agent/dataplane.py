@@ -7,7 +7,9 @@ not stop while the agent is away.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -287,10 +289,64 @@ def flow_view(key: L.LbCtKey, e: L.LbCtEntry, back: L.LbCtEntry | None) -> FlowV
     )
 
 
-def unpin(pin_dir: str) -> None:
-    """Remove a node's pinned maps (what `loxilbd --cleanup` does after detaching)."""
-    if os.path.isdir(pin_dir):
-        shutil.rmtree(pin_dir)
+def unpin(pin_dir: str, parent: str | None = None) -> bool:
+    """Remove a node's pinned maps (what `loxilbd --cleanup` does after detaching), and
+    `parent` too when that leaves it empty. False when there was nothing to remove."""
+    if not os.path.isdir(pin_dir):
+        return False
+    shutil.rmtree(pin_dir)
+    if parent is not None:
+        with contextlib.suppress(OSError):  # not empty: other nodes' pins are there
+            os.rmdir(parent)
+    return True
+
+
+class NodeBusy(RuntimeError):
+    """Another agent runs on this node's pinned maps."""
+
+
+class NodeLock:
+    """One agent per node's maps: an exclusive flock on the pin directory (bpffs holds no
+    regular files, but any directory can be locked), released by the kernel when the agent
+    dies however it dies. A second agent is told who holds it."""
+
+    def __init__(self, pin_dir: str, node: str) -> None:
+        os.makedirs(pin_dir, mode=0o700, exist_ok=True)
+        self.fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(self.fd)
+            os.close(self.fd)
+            raise NodeBusy(f"the maps of node {node!r} in {pin_dir} are in use by "
+                           f"{holder}; give this agent a node of its own (--node NAME "
+                           "or --bpffs-dir DIR)") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _lock_holder(fd: int) -> str:
+    """The process holding a flock on `fd` ("pid N: its command line"), from /proc/locks."""
+    st = os.fstat(fd)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                if "FLOCK" in fields and wanted in fields:
+                    pid = fields[fields.index(wanted) - 1]
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as c:
+                            cmd = c.read().replace(b"\0", b" ").decode(errors="replace")
+                    except OSError:
+                        cmd = ""
+                    return f"pid {pid}" + (f" ({cmd.strip()})" if cmd.strip() else "")
+    except OSError:
+        pass
+    return "another loxilbd"
 
 
 def detach_everywhere() -> list[str]:

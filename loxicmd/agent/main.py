@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("loxilbd")
 
 BPFFS = "/sys/fs/bpf"
+PIN_ROOT = f"{BPFFS}/loxilb"  # a node's maps go in PIN_ROOT/NODE
 
 
 def ensure_bpffs() -> None:
@@ -66,7 +67,8 @@ def _interfaces(value: str) -> list[str] | None:
 @click.option("--node", default=socket.gethostname(), show_default="hostname",
               help="Node name; the maps are pinned under /sys/fs/bpf/loxilb/NODE.")
 @click.option("--bpffs-dir", type=click.Path(file_okay=False), default=None,
-              help="Pin directory for the maps (overrides --node).")
+              help="Pin directory for the maps (overrides --node). One agent per node: a "
+                   "second one on the same maps refuses to start.")
 @click.option("--ct-entries", type=click.IntRange(1024, 16 * 1024 * 1024), default=None,
               help="Conntrack table size (entries) when the maps are created.")
 @click.option("--token", envvar="LOXILBD_TOKEN", default=None,
@@ -75,7 +77,11 @@ def _interfaces(value: str) -> list[str] | None:
               help="On SIGTERM also detach the datapath (default: traffic keeps flowing "
                    "on the pinned maps until the next agent takes over).")
 @click.option("--cleanup", is_flag=True,
-              help="Detach the datapath from every interface, remove the pinned maps, exit.")
+              help="Detach the datapath from every interface, remove the pinned maps, exit "
+                   "(refused while an agent runs on them).")
+@click.option("--keep-sysctls", is_flag=True,
+              help="Leave net.ipv4.ip_forward as it is (default: set it to 1 when it is 0, "
+                   "as forwarding needs it; logged).")
 @click.option("--audit-max-mb", type=click.IntRange(1, 1 << 20), default=64, show_default=True,
               help="Rotate the connection audit log (STATE_DIR/audit.log) at this size.")
 @click.option("--audit-backups", type=click.IntRange(0, 1000), default=5, show_default=True,
@@ -84,20 +90,18 @@ def _interfaces(value: str) -> list[str] | None:
               default="info", show_default=True)
 def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         bpffs_dir: str | None, ct_entries: int | None, token: str | None,
-        detach_on_exit: bool, cleanup: bool, audit_max_mb: int, audit_backups: int,
-        log_level: str) -> None:
+        detach_on_exit: bool, cleanup: bool, keep_sysctls: bool, audit_max_mb: int,
+        audit_backups: int, log_level: str) -> None:
     """The load-balancer agent: loads the eBPF datapath, serves the REST API."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pin_dir = bpffs_dir or f"{BPFFS}/loxilb/{node}"
+    pin_dir = bpffs_dir or f"{PIN_ROOT}/{node}"
     ensure_bpffs()
 
-    from .dataplane import Dataplane, detach_everywhere, interfaces_in_namespace, unpin
+    from .dataplane import Dataplane, NodeBusy, NodeLock, interfaces_in_namespace
 
     if cleanup:
-        removed = detach_everywhere()
-        unpin(pin_dir)
-        click.echo(f"detached from {', '.join(removed) or 'no interface'}; removed {pin_dir}")
+        _cleanup(pin_dir, node, bpffs_dir is None)
         return
     if host not in ("127.0.0.1", "::1", "localhost") and not token:
         raise click.UsageError("--host other than loopback needs --token (or LOXILBD_TOKEN)")
@@ -115,6 +119,11 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         raise click.ClickException(str(exc)) from None
     with contextlib.ExitStack() as stack:
         stack.callback(store.close)
+        try:  # before anything reads or writes the pinned maps
+            stack.callback(NodeLock(pin_dir, node).close)
+        except NodeBusy as exc:
+            raise click.ClickException(str(exc)) from None
+        _ensure_forwarding(keep_sysctls)
         dp: Dataplane | None = None
         try:
             dp = Dataplane(pin_dir, ct_entries=ct_entries)
@@ -146,6 +155,55 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             dp.detach_all()
         if not server.started:
             raise click.ClickException(f"could not serve the API on {host}:{port}")
+
+
+def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:
+    """`--cleanup`: detach everywhere and remove the node's pins, unless an agent runs on
+    them (taking its maps away would leave it programming nothing)."""
+    from .dataplane import NodeBusy, NodeLock, detach_everywhere, unpin
+
+    had_pins = os.path.isdir(pin_dir)
+    try:
+        lock = NodeLock(pin_dir, node)
+    except NodeBusy as exc:
+        raise click.ClickException(f"{exc}; stop it before --cleanup") from None
+    try:
+        detached = detach_everywhere()
+        removed = unpin(pin_dir, parent=PIN_ROOT if default_dir else None) and had_pins
+    finally:
+        lock.close()
+    if not detached and not removed:
+        click.echo(f"nothing to clean up: the datapath is attached to no interface of this "
+                   f"namespace and no maps are pinned in {pin_dir}")
+        return
+    click.echo(f"detached from {', '.join(detached) or 'no interface'}; "
+               + (f"removed {pin_dir}" if removed else f"no maps were pinned in {pin_dir}"))
+
+
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def _ensure_forwarding(keep_sysctls: bool) -> None:
+    """The datapath forwards what it translates through the kernel's FIB, which answers
+    "forwarding disabled" while net.ipv4.ip_forward is 0 in this namespace."""
+    try:
+        if IP_FORWARD.read_text().strip() != "0":
+            return
+    except OSError as exc:
+        log.warning("cannot read %s (%s): forwarding needs it to be 1", IP_FORWARD, exc)
+        return
+    if keep_sysctls:
+        log.warning("net.ipv4.ip_forward is 0 in this network namespace: translated packets "
+                    "will not be forwarded (set it to 1, or start without --keep-sysctls)")
+        return
+    try:
+        IP_FORWARD.write_text("1")
+    except OSError as exc:
+        log.warning("net.ipv4.ip_forward is 0 in this network namespace and could not be set "
+                    "(%s): translated packets will not be forwarded", exc)
+        return
+    log.warning("net.ipv4.ip_forward was 0 in this network namespace: set it to 1 (the load "
+                "balancer forwards packets; --keep-sysctls leaves it alone)")
 
 
 def _health_checks(stack: contextlib.ExitStack, table: RuleTable, state_dir: str
