@@ -26,6 +26,10 @@ NAT_MODE_NAMES: dict[int, str] = {
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "sctp", "icmp")
 
+# The end of the agent's 409 sentence for a rule posted again unchanged (kube-loxilb
+# treats an error saying "exist" as done; `apply` reports such a rule as unchanged).
+RULE_UNCHANGED = "already exists with the same options and endpoints"
+
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 11111
 API_BASE_PATH = "/netlox/v1"

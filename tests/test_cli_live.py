@@ -244,9 +244,9 @@ def test_ha_version_process_log_level_dpstats(node: LbNode) -> None:
     cp = lx(node, "set", "hastate", "inst1", "PRIMARY")
     assert cp.returncode == 2 and "MASTER, BACKUP, FAULT" in cp.stderr
     status, answer = node.api("POST", "/config/cistate", {"instance": "i", "state": "UP"})
-    assert status == 400 and "state" in answer["message"]
+    assert status == 400 and "state" in answer["result"]
     status, answer = node.api("POST", "/config/cistate", {"state": "MASTER", "vip": "1.2.3"})
-    assert status == 400 and "vip" in answer["message"]
+    assert status == 400 and "vip" in answer["result"]
 
     (version,) = pipe_table(ok(node, "get", "lbversion"))
     assert version["VERSION"]
@@ -260,7 +260,7 @@ def test_ha_version_process_log_level_dpstats(node: LbNode) -> None:
     ok(node, "set", "log-level", "debug")
     assert pipe_table(ok(node, "get", "log-level")) == [{"LOG LEVEL": "debug"}]
     status, answer = node.api("POST", "/config/params", {"logLevel": "loud"})
-    assert status == 400 and "logLevel" in answer["message"]
+    assert status == 400 and "logLevel" in answer["result"]
     reasons = [r["REASON"] for r in pipe_table(ok(node, "get", "dpstats"))]
     assert reasons and all(reasons)
 

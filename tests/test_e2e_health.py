@@ -142,7 +142,7 @@ def test_host_state_red_yellow_green(topo: Topology, node: LbNode) -> None:
     assert "server1" not in names(topo, 6)
     status, body = node.api("POST", "/config/endpointhoststate",
                             {"hostName": ip, "epPort": 8080, "epProto": "tcp", "state": "blue"})
-    assert status == 400 and "state" in body["message"]
+    assert status == 400 and "state" in body["result"]
 
 
 def test_endpoints_shared_by_rules_are_probed_once(topo: Topology, node: LbNode) -> None:
@@ -169,5 +169,5 @@ def test_invalid_endpoint_configs_are_named_and_change_nothing(
     status, body = node.api("POST", "/config/endpoint",
                             {"hostName": topo.backend_ips[0], "probeType": "tcp",
                              "probePort": 8080, "probeDuration": 86401})
-    assert status == 400 and "probeDuration" in body["message"]
+    assert status == 400 and "probeDuration" in body["result"]
 

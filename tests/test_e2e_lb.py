@@ -160,7 +160,7 @@ def test_bad_input_is_named_and_changes_nothing(topo: Topology, node: LbNode) ->
     for body, named in api_cases:
         status, answer = node.api("POST", "/config/loadbalancer", body)
         assert status == 400, (body, status, answer)
-        assert answer["code"] == 400 and named in answer["message"], (body, answer)
+        assert answer["code"] == 400 and named in answer["result"], (body, answer)
 
     # an identical rule again is a conflict, reported by the CLI with exit 1
     cp = node.loxicmd("create", "lb", VIP, f"--tcp={VPORT}:8080", f"--endpoints={eps}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from dp_harness import NetnsThread, tcp
-from lab import Lab, Topology, tcplb_topology
+from lab import Lab, Topology, http_get, tcplb_topology, wait_for
 from lbnode import LbNode
 
 from datapath.libbpf import prog_test_run
@@ -141,3 +141,30 @@ def test_restart_keeps_500_rules_of_every_kind_carrying_traffic(lab: Lab) -> Non
     # creating one again is "exists", not a second copy
     status, answer = node.api("POST", "/config/loadbalancer", bodies[0])
     assert status == 409, answer
+
+
+def test_restart_with_an_endpoint_out_of_reach_starts_and_takes_it_back(lab: Lab) -> None:
+    """A fullnat endpoint the node has no route to when the agent restores its rule (a
+    link still down at boot) gets no new flows until the route is back; the agent starts."""
+    topo = tcplb_topology(lab, n_backends=3)
+    node = LbNode(lab, topo.lb, topo.lb_ifaces).start()
+    eps = ",".join(f"{ip}:1" for ip in topo.backend_ips)
+    node.loxicmd("create", "lb", "198.18.100.1", "--tcp=2020:8080", f"--endpoints={eps}",
+                 "--mode=fullnat", check=True)
+    assert node.stop() == 0
+    topo.lb.ip("link", "set", "lbs3", "down")
+    node.start()
+    assert "no route to endpoint 198.18.13.2" in node.log()
+
+    def states() -> dict[str, str]:
+        (rule,) = node.rules()
+        return {ep["endpointIP"]: ep["state"] for ep in rule["endpoints"]}
+
+    assert states()["198.18.13.2"] == "inactive"
+    names = [http_get(topo.client, "http://198.18.100.1:2020/").strip() for _ in range(6)]
+    assert set(names) == {"server1", "server2"}, names
+    topo.lb.ip("link", "set", "lbs3", "up")
+    wait_for(lambda: states()["198.18.13.2"] == "active", timeout=15,
+             what="the endpoint back once its route is")
+    names = [http_get(topo.client, "http://198.18.100.1:2020/").strip() for _ in range(6)]
+    assert "server3" in names

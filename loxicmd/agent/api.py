@@ -11,9 +11,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from datapath import layouts as L
+from loxicmd.api import wire
 from loxicmd.names import API_BASE_PATH, PROTOCOLS
 
 from .config_api import SUCCESS, config_router, json_body
@@ -26,8 +29,31 @@ log = logging.getLogger("loxilbd.api")
 VERSION = "0.1.0"
 
 
-def _error(status: int, result: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": status, "message": message, "result": result}, status_code=status)
+# LoxiLB's words for each status (its clients show `result`, the sentence saying what was
+# wrong; some classify by `message`).
+STATUS_MESSAGES = {
+    400: "Malformed arguments for API call",
+    401: "Invalid authentication credentials",
+    403: "Capacity insufficient",
+    404: "Resource not found",
+    405: "Method not allowed",
+    409: "Resource conflict: Resource already exists OR dependency not found",
+    500: "Internal service error",
+    503: "Maintenance mode",
+}
+
+
+def error_body(status: int, result: str, fields: list[str] | None = None) -> dict[str, Any]:
+    """LoxiLB's error body: the status, its words, and what was wrong in `result`."""
+    body: dict[str, Any] = {"code": status,
+                            "message": STATUS_MESSAGES.get(status, "Error"), "result": result}
+    if fields:
+        body["fields"] = fields
+    return body
+
+
+def _error(status: int, result: str, fields: list[str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, result, fields), status_code=status)
 
 
 def _port(value: str, field: str, lo: int = 1) -> int:
@@ -74,6 +100,14 @@ def _positive(value: str, field: str, hi: int = 1_000_000) -> int:
     if not 1 <= number <= hi:
         raise InvalidInput(field, f"{value!r} is not an integer in 1..{hi}")
     return number
+
+
+def _ct_state(value: str) -> str:
+    states = list(dict.fromkeys(L.CT_STATE_NAMES.values()))
+    if value not in states:
+        raise InvalidInput("state", f"{value!r} is not a conntrack state; "
+                           f"allowed: {', '.join(states)}")
+    return value
 
 
 def _token(value: str | None, size: int) -> bytes | None:
@@ -136,27 +170,36 @@ def create_app(table: RuleTable, token: str | None = None,
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
-        return _error(400, "invalid-argument", str(exc))
+        return _error(400, str(exc), [exc.field])
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.result, exc.message)
+        return _error(exc.status, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        where = ".".join(str(p) for p in exc.errors()[0].get("loc", ())) if exc.errors() else ""
-        return _error(400, "invalid-argument", f"{where}: {exc.errors()[0].get('msg', exc)}")
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(400, f"{where}: {first.get('msg', 'invalid')}", [where])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        result = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "error")
-        detail = exc.detail if exc.status_code != 404 else f"no such path {request.url.path}"
-        return _error(exc.status_code, result, str(detail))
+        if exc.status_code == 404:
+            detail = f"no such path {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            detail = str(exc.detail)
+        return _error(exc.status_code, detail)
 
     @app.exception_handler(Exception)
-    async def bug(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return _error(500, "internal-error", f"{type(exc).__name__}: {exc}")
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # The details go to the agent's log; the answer says where to look, never a
+        # Python exception's name.
+        log.exception("internal error in %s %s", request.method, request.url.path)
+        return _error(500, f"the agent failed to carry out {request.method} "
+                      f"{request.url.path}; nothing was changed by it if it was a change "
+                      "(the agent's log has the details)")
 
     if token:
         @app.middleware("http")
@@ -165,7 +208,7 @@ def create_app(table: RuleTable, token: str | None = None,
                 given = request.headers.get("authorization", "")
                 given = given.removeprefix("Bearer ").strip()
                 if not hmac.compare_digest(given.encode(), token.encode()):
-                    return _error(401, "unauthorized", "missing or wrong token in the "
+                    return _error(401, "invalid token: missing or wrong in the "
                                   "Authorization header")
             return await call_next(request)
 
@@ -225,6 +268,13 @@ def create_app(table: RuleTable, token: str | None = None,
                        bgp: str | None = None) -> dict[str, str]:
         return _delete(ip, port, None, proto, host, block)
 
+    @app.delete(f"{lb_path}/hosturl/{{host}}/externalipaddress/{{ip}}/port/{{port}}"
+                "/portmax/{portmax}/protocol/{proto}")
+    def delete_lb_host_range(host: str, ip: str, port: str, portmax: str, proto: str,
+                             block: str | None = None, bgp: str | None = None
+                             ) -> dict[str, str]:
+        return _delete(ip, port, portmax, proto, host, block)
+
     @app.get(f"{base}/config/conntrack/all")
     def list_ct(servName: str | None = None, ip: str | None = None,  # noqa: N803 (API name)
                 port: str | None = None, state: str | None = None,
@@ -233,7 +283,7 @@ def create_app(table: RuleTable, token: str | None = None,
             serv_name=servName,
             ip=_ip(ip, "ip") if ip else None,
             port=_port(port, "port") if port else None,
-            state=state or None,
+            state=_ct_state(state) if state else None,
         )
         token = _token(after, table.dp.maps["lb_conntrack"].token_size)
         if limit is None:
@@ -253,4 +303,23 @@ def create_app(table: RuleTable, token: str | None = None,
                             for k, (p, b) in counters.items()]}
 
     app.include_router(config_router(table.store.dir, table.dp.pin_dir))
+    _document(app)
     return app
+
+
+def _document(app: FastAPI) -> None:
+    """The OpenAPI document: FastAPI's (paths and parameters) with the request and
+    response schemas of the wire contract. Bodies are read by hand (keys of any case, as
+    LoxiLB's clients send them), so FastAPI cannot see them."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for route in wire.ROUTES:
+                op = doc["paths"][API_BASE_PATH + route.path][route.method.lower()]
+                op.update(wire.operation(route))
+            doc["components"] = wire.openapi_components()
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -70,13 +70,26 @@ class CIStateStore:
         with self._lock:
             return [{**s, "sync": None} for _, s in sorted(self._states.items())]
 
+    def delete(self, instance: str) -> None:
+        """Forget an instance (one set by mistake, or whose keepalived instance is gone)."""
+        if instance == DEFAULT_INSTANCE:
+            raise InvalidInput("instance", f"{instance!r} is always there and cannot be "
+                               "removed; allowed: an instance set with POST /config/cistate")
+        with self._lock:
+            if instance not in self._states:
+                raise ApiError(404, f"no HA instance {instance!r}")
+            try:
+                self.store.delete([instance])
+            except OSError as exc:
+                raise ApiError(500, f"could not save state in {self.store.dir}: {exc}") from exc
+            del self._states[instance]
+
     def set(self, body: Any) -> dict[str, str]:
         entry = parse_cistate(body)
         with self._lock:
             try:
                 self.store.put(entry["instance"], entry)
             except OSError as exc:
-                raise ApiError(500, "state-save-failed",
-                               f"could not save state in {self.store.dir}: {exc}") from exc
+                raise ApiError(500, f"could not save state in {self.store.dir}: {exc}") from exc
             self._states[entry["instance"]] = entry
         return entry

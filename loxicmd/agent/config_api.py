@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import sys
 import time
 from pathlib import Path
@@ -64,24 +65,55 @@ def _proc_status() -> dict[str, str]:
     return fields
 
 
+def _proc_stat() -> list[str]:
+    """/proc/self/stat from field 3 (state) on; the command name may hold spaces."""
+    with open("/proc/self/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def _start_time() -> float:
     """The process's start (epoch seconds) from /proc, so uptime counts from exec."""
-    with open("/proc/self/stat") as f:
-        after_comm = f.read().rpartition(")")[2].split()
-    ticks = int(after_comm[19])  # field 22: starttime, in clock ticks since boot
+    ticks = int(_proc_stat()[19])  # field 22: starttime, in clock ticks since boot
     with open("/proc/uptime") as f:
         boot = time.time() - float(f.read().split()[0])
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _kib(status: dict[str, str], *keys: str) -> int:
+    return sum(int(status.get(k, "0 kB").split()[0]) for k in keys)
+
+
+def _cpu_time(seconds: float) -> str:
+    """top's TIME+ column: minutes:seconds.hundredths."""
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:05.2f}"
+
+
 def process_status(state_dir: str, pin_dir: str, started: float) -> dict[str, Any]:
+    """LoxiLB's ProcessInfoEntry (every field a string, as `top` shows it: memory in KiB,
+    CPU and memory in percent), then this agent's own fields."""
     status = _proc_status()
-    rss_kib = int(status.get("VmRSS", "0 kB").split()[0])
+    stat = _proc_stat()
+    clk = os.sysconf("SC_CLK_TCK")
+    cpu_s = (int(stat[11]) + int(stat[12])) / clk  # utime + stime
+    uptime = max(0.0, time.time() - started)
+    with open("/proc/meminfo") as f:
+        mem_total = int(f.readline().split()[1])  # MemTotal, kB
+    rss = _kib(status, "VmRSS")
     return {
-        "pid": os.getpid(),
+        "pid": str(os.getpid()),
+        "user": pwd.getpwuid(os.geteuid()).pw_name,
+        "priority": stat[15],
+        "nice": stat[16],
+        "virtMemory": str(_kib(status, "VmSize")),
+        "residentSize": str(rss),
+        "sharedMemory": str(_kib(status, "RssFile", "RssShmem")),
+        "status": stat[0],
+        "CPUUsage": f"{100 * cpu_s / uptime if uptime else 0.0:.1f}",
+        "MemoryUsage": f"{100 * rss / mem_total if mem_total else 0.0:.1f}",
+        "time": _cpu_time(cpu_s),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "uptimeSeconds": max(0, int(time.time() - started)),
-        "rss": rss_kib * 1024,
+        "uptimeSeconds": int(uptime),
         "threads": int(status.get("Threads", "0")),
         "openFds": len(os.listdir("/proc/self/fd")),
         "stateDir": state_dir,
@@ -104,6 +136,12 @@ def config_router(state_dir: str | Path, pin_dir: str) -> APIRouter:
         entry = cistates.set(await json_body(request))
         log.info("HA instance %s is now %s (vip %s)", entry["instance"], entry["state"],
                  entry["vip"] or "none")
+        return SUCCESS
+
+    @router.delete("/config/cistate/instance/{instance}")
+    def delete_cistate(instance: str) -> dict[str, str]:
+        cistates.delete(instance)
+        log.info("HA instance %s removed", instance)
         return SUCCESS
 
     @router.get("/config/params")

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import datapath
@@ -71,14 +71,15 @@ def interfaces_in_namespace() -> list[str]:
     return [name for _, name in socket.if_nameindex() if name != "lo"]
 
 
-def route_source(ip: str) -> str:
-    """The address this node uses to reach `ip` (connecting a UDP socket sends nothing)."""
+def route_source(ip: str) -> str | None:
+    """The address this node uses to reach `ip`, None when it has no route there
+    (connecting a UDP socket sends nothing)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect((ip, 9))
-        except OSError as exc:
-            raise ValueError(f"no route from this node to endpoint {ip}: {exc}") from None
-        return s.getsockname()[0]
+        except OSError:
+            return None
+        return str(s.getsockname()[0])
 
 
 def allow_key(rule_id: int, prefix: str) -> L.LbAllowKey:
@@ -145,19 +146,23 @@ class Dataplane:
 
     def program_rule(self, rule_id: int, rule: LbRule, slots: dict[tuple[str, int], int],
                      old_rule: LbRule | None = None, new_slots: Iterable[int] = (),
-                     inactive: Collection[int] = ()) -> None:
+                     inactive: Collection[int] = (),
+                     sources: Mapping[tuple[str, int], str] | None = None) -> None:
         """Install or update a rule. Endpoints go in before the rule lists
         them, the rule before the service points at it; counters and loads of
-        newly used slots start from zero."""
+        newly used slots start from zero. `sources`: the node's address towards
+        each endpoint, the source of one-arm and fullnat."""
+        sources = sources or {}
         for slot in new_slots:
             self.maps["lb_ep_stats"].update(slot, L.LbCounter())
             self.maps["lb_ep_load"].update(slot, L.LbEpLoad())
         for ep in rule.endpoints:
+            source = sources.get(ep.ident, "")
             self.maps["lb_endpoints"].update(slots[ep.ident], L.LbEndpoint(
                 addr=L.ip_to_be32(ep.ip), port=L.port_to_be16(ep.target_port),
                 weight=ep.weight, rule_id=rule_id,
                 flags=0 if slots[ep.ident] in inactive else L.EP_F_ACTIVE,
-                snat_addr=L.ip_to_be32(route_source(ep.ip)) if rule.mode else 0))
+                snat_addr=L.ip_to_be32(source) if source else 0))
         ordered = [slots[ep.ident] for ep in rule.endpoints]
         if rule.sel == L.SEL_HASH:
             self._program_maglev(rule_id, rule, ordered)
@@ -207,6 +212,14 @@ class Dataplane:
         for slot in slots:
             self.sweep(L.SWEEP_ENDPOINT, slot)
             self.maps["lb_endpoints"].update(slot, L.LbEndpoint(rule_id=NO_RULE))
+
+    def set_endpoint_source(self, slot: int, source: str, active: bool) -> None:
+        """A route to the endpoint appeared: its one-arm/fullnat source, and new flows."""
+        ep = self.maps["lb_endpoints"].lookup(slot)
+        if ep is not None:
+            ep.snat_addr = L.ip_to_be32(source)
+            ep.flags = (ep.flags | L.EP_F_ACTIVE) if active else (ep.flags & ~L.EP_F_ACTIVE)
+            self.maps["lb_endpoints"].update(slot, ep)
 
     def set_endpoint_active(self, slot: int, active: bool) -> None:
         """Health or an operator's host state: inactive endpoints get no new flows."""

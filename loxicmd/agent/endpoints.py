@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from .health import HealthMonitor, ProbeSpec, ProbeStatus, validate
+from .health import HealthMonitor, ProbeSpec, ProbeStatus, attempt_timeout, validate
 from .model import (
-    DEFAULT_PROBE_INTERVAL_S,
+    DEFAULT_PROBE_PERIOD_S,
     DEFAULT_PROBE_RETRIES,
-    DEFAULT_PROBE_TIMEOUT_S,
+    MAX_PROBE_PERIOD_S,
     PROBE_TYPES,
     Endpoint,
     InvalidInput,
@@ -36,7 +36,6 @@ from .store import StateStore
 
 log = logging.getLogger("loxilbd.endpoints")
 
-MAX_PERIOD_S = 86400
 HOST_STATES = ("green", "yellow", "red")
 
 
@@ -64,17 +63,18 @@ def parse_endpoint_config(body: Any) -> EndpointConfig:
     ptype = _str(b, "probeType", "") or "ping"
     if ptype not in PROBE_TYPES:
         raise InvalidInput("probeType", f"{ptype!r} is unknown; allowed: {', '.join(PROBE_TYPES)}")
+    period = _int(b, "probeDuration", "", 0, 0, MAX_PROBE_PERIOD_S,
+                  allowed=f"1..{MAX_PROBE_PERIOD_S} s, or 0 for {DEFAULT_PROBE_PERIOD_S} s"
+                  ) or DEFAULT_PROBE_PERIOD_S
     spec = ProbeSpec(
         host=host, ptype=ptype,
         port=_int(b, "probePort", "", 0, 0, 65535),
         req=_str(b, "probeReq", ""), resp=_str(b, "probeResp", ""),
-        interval_s=float(_int(b, "probeDuration", "", int(DEFAULT_PROBE_INTERVAL_S), 1,
-                              MAX_PERIOD_S, allowed=f"1..{MAX_PERIOD_S} s")),
-        timeout_s=DEFAULT_PROBE_TIMEOUT_S,
-        retries=_int(b, "inactiveReTries", "", DEFAULT_PROBE_RETRIES, 1, 100),
+        interval_s=float(period), timeout_s=attempt_timeout(period),
+        retries=_int(b, "inactiveReTries", "", 0, 0, 100,
+                     allowed=f"1..100, or 0 for {DEFAULT_PROBE_RETRIES}")
+        or DEFAULT_PROBE_RETRIES,
     )
-    if spec.timeout_s >= spec.interval_s:
-        spec = replace(spec, timeout_s=max(spec.interval_s / 2, 0.1))
     try:
         validate(spec)
     except ValueError as exc:
@@ -128,14 +128,25 @@ class EndpointTable:
         return len(self.configs)
 
     # -- endpoint configurations (API) --------------------------------------
-    def create(self, body: Any) -> None:
+    def create(self, body: Any) -> bool:
+        """Create or update (LoxiLB's way to change a probe is to create it again);
+        False when an identical one was there."""
         cfg = parse_endpoint_config(body)
         with self.lock:
-            if cfg.name in self.configs:
-                raise ApiError(409, "endpoint-exists", f"endpoint {cfg.name!r} already exists")
-            self.store.put(cfg.name, {"kind": "endpoint", "body": body})
+            previous = self.configs.get(cfg.name)
+            if previous == cfg:
+                return False
+            try:
+                self.store.put(cfg.name, {"kind": "endpoint", "body": body})
+            except OSError as exc:
+                raise ApiError(500, f"could not save state in {self.store.dir}: {exc}") from exc
             self.configs[cfg.name] = cfg
             self.monitor.add(cfg.spec)
+            if previous is not None:
+                self.monitor.remove(previous.spec)
+            self._rewatch()
+            log.info("%s endpoint probe %s", "updated" if previous else "created", cfg.name)
+            return True
 
     def delete(self, host: str, name: str | None, ptype: str | None, port: int | None) -> int:
         with self.lock:
@@ -144,13 +155,23 @@ class EndpointTable:
                       and (ptype is None or c.spec.ptype == ptype)
                       and (port is None or c.spec.port == port)]
             if not doomed:
-                raise ApiError(404, "endpoint-not-found", f"no endpoint configuration for {host}"
+                raise ApiError(404, f"no endpoint configuration for {host}"
                                + (f" named {name!r}" if name else ""))
             self.store.delete([c.name for c in doomed])
             for cfg in doomed:
                 del self.configs[cfg.name]
                 self.monitor.remove(cfg.spec)
+            self._rewatch()
             return len(doomed)
+
+    def _rewatch(self) -> None:
+        """Endpoint probes changed: monitored rules' endpoints follow the probe that now
+        applies to them (an endpoint configuration's, else the rule's own)."""
+        for rec in list(self.rules.records.values()):
+            if rec.rule.monitor:
+                self.rule_changed(rec, rec)
+                for ep in rec.rule.endpoints:
+                    self._refresh(rec.slots[ep.ident], rec, ep)
 
     def api_list(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -202,15 +223,14 @@ class EndpointTable:
 
     # -- probes of monitored rules -------------------------------------------
     def _spec_for(self, rule: LbRule, ep: Endpoint) -> ProbeSpec:
-        p = rule.probe
-        assert p is not None
+        p = rule.effective_probe
         port = 0 if p.ptype in ("ping", "none") else (p.port or ep.target_port)
         for cfg in self.configs.values():
             s = cfg.spec
             if (s.host, s.ptype, s.port) == (ep.ip, p.ptype, port):
                 return s
         return ProbeSpec(host=ep.ip, ptype=p.ptype, port=port, req=p.req, resp=p.resp,
-                         interval_s=DEFAULT_PROBE_INTERVAL_S, timeout_s=p.timeout_s,
+                         interval_s=float(p.period_s), timeout_s=attempt_timeout(p.period_s),
                          retries=p.retries)
 
     def _wanted_active(self, rec: RuleRecord, ep: Endpoint, healthy: bool | None) -> bool:
@@ -233,7 +253,7 @@ class EndpointTable:
             slot = record.slots[ep.ident]
             if self._host_state(record, ep) != "green":
                 down.add(slot)
-            elif record.rule.probe is not None:
+            elif record.rule.monitor:
                 status = self.monitor.status(self._spec_for(record.rule, ep))
                 if status is not None and status.state != "ok":
                     down.add(slot)
@@ -246,7 +266,7 @@ class EndpointTable:
             if spec is not None:
                 self.watchers[spec].discard((old.rule_id, ident))
                 dropped.append(spec)
-        if new is not None and new.rule.probe is not None:
+        if new is not None and new.rule.monitor:
             for ep in new.rule.endpoints:
                 spec = self._spec_for(new.rule, ep)
                 self.watch[new.slots[ep.ident]] = spec

@@ -5,7 +5,7 @@ and expiring idle flows.
   the handlers (audit log, reset sender, later HA sync). It never makes the
   datapath wait: when it falls behind, the datapath counts what it could not
   deliver (events-lost) and the pump reports the growth of that counter.
-- Sweeper runs the datapath's lb_sweep program periodically; expired flows
+- sweeper() runs the datapath's lb_sweep program periodically; expired flows
   come back through the ring buffer like any other event.
 """
 
@@ -94,27 +94,34 @@ class EventPump:
         self._ring.close()
 
 
-class Sweeper:
-    """Expires idle flows every `interval` seconds (the per-packet path only
-    ever checks the one flow it touches)."""
+class Periodic:
+    """Calls `work` every `interval` seconds on a thread of its own (a failure is logged
+    and the next round goes on): the idle-flow sweep, the route re-check."""
 
-    def __init__(self, dp: Dataplane, interval: float = 1.0) -> None:
-        self.dp = dp
+    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
+        self.name = name
         self.interval = interval
+        self.work = work
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ct-sweeper", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> Sweeper:
+    def start(self) -> Periodic:
         self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.dp.sweep(SWEEP_IDLE)
+                self.work()
             except Exception:
-                log.exception("conntrack sweep")
+                log.exception("%s", self.name)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def sweeper(dp: Dataplane, interval: float = 1.0) -> Periodic:
+    """Expires idle flows every `interval` seconds (the per-packet path only ever checks
+    the one flow it touches)."""
+    return Periodic("ct-sweeper", interval, lambda: dp.sweep(SWEEP_IDLE))

@@ -115,6 +115,15 @@ _UNREACH_CODES = {0: "network unreachable", 1: "host unreachable", 2: "protocol 
 
 # --------------------------------------------------------------------------- spec
 
+ATTEMPT_TIMEOUT_S = 2.0
+
+
+def attempt_timeout(interval_s: float) -> float:
+    """How long one probe waits for its answer: 2 s, or half the period when that is
+    shorter (an attempt must end before the next one starts)."""
+    return ATTEMPT_TIMEOUT_S if ATTEMPT_TIMEOUT_S < interval_s else max(interval_s / 2, 0.1)
+
+
 
 @dataclass(frozen=True)
 class ProbeSpec:

@@ -26,6 +26,7 @@ log = logging.getLogger("loxilbd")
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = f"{BPFFS}/loxilb"  # a node's maps go in PIN_ROOT/NODE
+ROUTE_RECHECK_S = 5.0
 
 
 def ensure_bpffs() -> None:
@@ -234,7 +235,7 @@ def _start_conntrack_workers(stack: contextlib.ExitStack, dp: Dataplane, table: 
     """Expiry of idle flows, and the readers of conntrack events: the audit
     log and the resets sent to both ends of TCP flows the LB ends."""
     from .audit import AuditLog
-    from .events import EventPump, Sweeper
+    from .events import EventPump, Periodic, sweeper
     from .tcpreset import ResetSender
 
     audit = AuditLog(state_dir / "audit.log", max_bytes=audit_max_mb * 1024 * 1024,
@@ -245,8 +246,9 @@ def _start_conntrack_workers(stack: contextlib.ExitStack, dp: Dataplane, table: 
     pump = EventPump(dp, [audit.handle, resets.reset_flow], on_lost=audit.note_lost,
                      on_batch=audit.flush).start()
     stack.callback(pump.stop)
-    sweeper = Sweeper(dp).start()
-    stack.callback(sweeper.stop)
+    stack.callback(sweeper(dp).start().stop)
+    # endpoints restored while the node had no route to them come back when it has one
+    stack.callback(Periodic("route-recheck", ROUTE_RECHECK_S, table.recheck_routes).start().stop)
 
 
 def main() -> None:

@@ -75,35 +75,48 @@ class LbRule:
     inactive_timeout: int = 0  # 0: the protocol's default
     name: str = ""
     bgp: bool = False
-    monitor: bool = False
+    monitor: bool = False  # probe the endpoints with `probe` (kept whether on or off)
+    managed: bool = False  # LoxiLB's "externally managed" marker, kept for its clients
+    security: int = 0
     private_ip: str = ""
     allowed_sources: tuple[str, ...] = ()
-    probe: RuleProbe | None = None  # set when monitor is on
+    probe: RuleProbe | None = None  # None: the protocol's default probe
     endpoints: tuple[Endpoint, ...] = field(default_factory=tuple)
 
     @property
     def effective_timeout(self) -> int:
         return self.inactive_timeout or DEFAULT_TIMEOUTS[self.key.protocol]
 
+    @property
+    def effective_probe(self) -> RuleProbe:
+        return self.probe or RuleProbe(ptype=DEFAULT_PROBE_TYPES[self.key.protocol])
+
     def with_endpoints(self, endpoints: list[Endpoint]) -> LbRule:
         return replace(self, endpoints=tuple(sorted(endpoints, key=Endpoint.sort_key)))
 
 
 PROBE_TYPES = ("ping", "tcp", "udp", "http", "https", "none")
-DEFAULT_PROBE_INTERVAL_S = 10.0
-DEFAULT_PROBE_TIMEOUT_S = 2.0
+# A monitored rule probes its endpoints as its protocol says unless told otherwise (LoxiLB).
+DEFAULT_PROBE_TYPES = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", "icmp": "ping"}
+# LoxiLB's probeTimeout (rules) and probeDuration (endpoints) are the probe period.
+DEFAULT_PROBE_PERIOD_S = 60
+MAX_PROBE_PERIOD_S = 86400
 DEFAULT_PROBE_RETRIES = 2
+MAX_PROBE_RETRIES = 100
+SECURITY_NAMES = {0: "plain", 1: "https", 2: "e2ehttps"}
+SUPPORTED_SECURITY = (0,)
 
 
 @dataclass(frozen=True)
 class RuleProbe:
-    """How a monitored rule checks its endpoints (port 0: each endpoint's target port)."""
+    """How a rule's endpoints are probed when it is monitored (port 0: each endpoint's
+    target port). Kept, and shown, whether monitoring is on or not."""
 
     ptype: str = "tcp"
     port: int = 0
     req: str = ""
     resp: str = ""
-    timeout_s: float = DEFAULT_PROBE_TIMEOUT_S
+    period_s: int = DEFAULT_PROBE_PERIOD_S
     retries: int = DEFAULT_PROBE_RETRIES
 
 
@@ -164,6 +177,24 @@ def _ipv4(obj: dict[str, Any], key: str, where: str, required: bool = True) -> s
     return str(addr)
 
 
+def _unicast_ipv4(obj: dict[str, Any], key: str, where: str, what: str,
+                  required: bool = True) -> str:
+    """An address that can carry traffic as `what` (a VIP, an endpoint, a source)."""
+    value = _ipv4(obj, key, where, required)
+    if not value:
+        return value
+    addr = ipaddress.IPv4Address(value)
+    why = ("is the unspecified address" if addr.is_unspecified
+           else "is the broadcast address" if addr == ipaddress.IPv4Address("255.255.255.255")
+           else "is a multicast address" if addr.is_multicast
+           else "is a loopback address (traffic to it never leaves the node)"
+           if addr.is_loopback else "")
+    if why:
+        raise InvalidInput(f"{where}{key}", f"{value!r} {why}; allowed: a unicast IPv4 "
+                           f"address for {what}")
+    return value
+
+
 def _known_code(obj: dict[str, Any], key: str, where: str, names: dict[int, str],
                 supported: tuple[int, ...]) -> int:
     listing = ", ".join(f"{c} ({n})" for c, n in names.items())
@@ -191,16 +222,10 @@ def _refuse_unsupported(svc: dict[str, Any], body: dict[str, Any]) -> None:
                            "carry yet; allowed: empty")
 
 
-def parse_rule_probe(svc: dict[str, Any], where: str) -> RuleProbe | None:
-    """The monitor options of a rule; None when monitor is off (probe options
-    without monitor are refused rather than silently unused)."""
-    keys = ("probetype", "probeport", "probereq", "proberesp", "probetimeout", "proberetries")
-    if not _bool(svc, "monitor", where):
-        given = [k for k in keys if svc.get(k) not in (None, "", 0)]
-        if given:
-            raise InvalidInput(f"{where}{given[0]}", "applies only with monitor: true")
-        return None
-    ptype = _str(svc, "probetype", where) or "tcp"
+def parse_rule_probe(svc: dict[str, Any], where: str, protocol: str) -> RuleProbe:
+    """The probe options of a rule (LoxiLB's clients send them with monitor off too);
+    omitted ones take LoxiLB's defaults."""
+    ptype = _str(svc, "probetype", where) or DEFAULT_PROBE_TYPES[protocol]
     if ptype not in PROBE_TYPES:
         raise InvalidInput(f"{where}probetype", f"{ptype!r} is unknown; allowed: "
                            f"{', '.join(PROBE_TYPES)}")
@@ -208,26 +233,28 @@ def parse_rule_probe(svc: dict[str, Any], where: str) -> RuleProbe | None:
     port = _int(svc, "probeport", where, 0, 0, 0 if no_port else 65535,
                 allowed="0 (no port) for ping and none" if no_port
                 else "1..65535, or 0 for each endpoint's target port")
-    timeout = _int(svc, "probeTimeout", where, int(DEFAULT_PROBE_TIMEOUT_S), 1,
-                   int(DEFAULT_PROBE_INTERVAL_S) - 1,
-                   allowed=f"1..{int(DEFAULT_PROBE_INTERVAL_S) - 1} s (under the "
-                   f"{DEFAULT_PROBE_INTERVAL_S:g} s probe interval)")
-    probe = RuleProbe(ptype=ptype, port=port, req=_str(svc, "probereq", where),
-                      resp=_str(svc, "proberesp", where), timeout_s=float(timeout),
-                      retries=_int(svc, "probeRetries", where, DEFAULT_PROBE_RETRIES, 1, 100))
+    probe = RuleProbe(
+        ptype=ptype, port=port, req=_str(svc, "probereq", where),
+        resp=_str(svc, "proberesp", where),
+        period_s=_int(svc, "probeTimeout", where, 0, 0, MAX_PROBE_PERIOD_S,
+                      allowed=f"1..{MAX_PROBE_PERIOD_S} s between probes, or 0 for "
+                      f"{DEFAULT_PROBE_PERIOD_S} s") or DEFAULT_PROBE_PERIOD_S,
+        retries=_int(svc, "probeRetries", where, 0, 0, MAX_PROBE_RETRIES,
+                     allowed=f"1..{MAX_PROBE_RETRIES}, or 0 for {DEFAULT_PROBE_RETRIES}")
+        or DEFAULT_PROBE_RETRIES,
+    )
     # The probe engine's own rules (request/response per type...), checked now
     # rather than when the first endpoint is probed.
-    from .health import ProbeSpec, validate
+    from .health import ProbeSpec, attempt_timeout, validate
 
     try:
         validate(ProbeSpec(host="198.18.0.1", ptype=ptype, port=port or (0 if no_port else 1),
-                           req=probe.req, resp=probe.resp,
-                           interval_s=DEFAULT_PROBE_INTERVAL_S, timeout_s=probe.timeout_s,
-                           retries=probe.retries))
+                           req=probe.req, resp=probe.resp, interval_s=probe.period_s,
+                           timeout_s=attempt_timeout(probe.period_s), retries=probe.retries))
     except ValueError as exc:
         field_name, _, why = str(exc).partition(":")
         names = {"req": "probereq", "resp": "proberesp", "port": "probeport",
-                 "retries": "probeRetries", "timeout_s": "probeTimeout"}
+                 "retries": "probeRetries", "interval_s": "probeTimeout"}
         raise InvalidInput(f"{where}{names.get(field_name.strip(), field_name.strip())}",
                            why.strip()) from None
     return probe
@@ -271,7 +298,7 @@ def parse_endpoints(raw: Any, default_port: int, where: str = "endpoints") -> li
         at = f"{where}[{i}]."
         if not isinstance(item, dict):
             raise InvalidInput(f"{where}[{i}]", f"{item!r} is not an object")
-        ip = _ipv4(item, "endpointIP", at)
+        ip = _unicast_ipv4(item, "endpointIP", at, "an endpoint")
         port = _int(item, "targetPort", at, default_port, 0, 65535,
                     allowed="1..65535, or 0 to keep the port the client used")
         weight = _int(item, "weight", at, 1, 1, 255)
@@ -300,7 +327,7 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
     if protocol not in SUPPORTED_PROTOCOLS:
         raise InvalidInput(f"{where}protocol", f"{protocol!r} is not supported by this "
                            f"datapath yet; supported: {', '.join(SUPPORTED_PROTOCOLS)}")
-    external_ip = _ipv4(svc, "externalIP", where)
+    external_ip = _unicast_ipv4(svc, "externalIP", where, "a service")
     if protocol == "icmp":
         port = _int(svc, "port", where, 0, 0, 0, allowed="0 (icmp rules have no port)")
         port_max = port
@@ -318,7 +345,8 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
                    allowed=f"0 (protocol default) .. {MAX_TIMEOUT_S} s")
     _refuse_unsupported(svc, body)
     mode = _known_code(svc, "mode", where, NAT_MODE_NAMES, SUPPORTED_MODES)
-    private_ip = _ipv4(svc, "privateIP", where, required=False)
+    private_ip = _unicast_ipv4(svc, "privateIP", where, "the source of fullnat",
+                               required=False)
     if private_ip and mode != MODE_FULLNAT:
         raise InvalidInput(f"{where}privateIP", f"{private_ip!r} applies to fullnat rules "
                            f"(mode {MODE_FULLNAT}) only; this rule's mode is {mode}")
@@ -327,28 +355,39 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int]:
                     _int(svc, "block", where, 0, 0, 2**32 - 1), ""),
         sel=_known_code(svc, "sel", where, SELECTION_NAMES, SUPPORTED_SEL),
         mode=mode,
-        inactive_timeout=timeout,
+        # Omitted values are stored as what they mean, so that posting back what
+        # the API shows is the same rule.
+        inactive_timeout=timeout or DEFAULT_TIMEOUTS[protocol],
         name=_str(svc, "name", where),
+        monitor=_bool(svc, "monitor", where),
+        managed=_bool(svc, "managed", where),
+        security=_known_code(svc, "security", where, SECURITY_NAMES, SUPPORTED_SECURITY),
         private_ip=private_ip,
         allowed_sources=parse_sources(body.get("allowedsources")),
+        probe=parse_rule_probe(svc, where, protocol),
     )
-    probe = parse_rule_probe(svc, where)
-    if probe is not None:
-        rule = replace(rule, monitor=True, probe=probe)
     oper = _int(svc, "oper", where, OPER_CREATE, 0, 2, allowed="0 (create/update), "
                 "1 (attach endpoints), 2 (detach endpoints)")
     # A range forwards each port to the same port unless a target is given.
     default_target = port if port_max == port else 0
-    rule = rule.with_endpoints(parse_endpoints(body.get("endpoints"), default_target))
-    return rule, oper
+    endpoints = parse_endpoints(body.get("endpoints"), default_target)
+    for i, ep in enumerate(endpoints):
+        if ep.ip == external_ip:
+            raise InvalidInput(f"endpoints[{i}].endpointIP", f"{ep.ip!r} is the rule's own "
+                               "externalIP; allowed: an address behind the load balancer")
+    return rule.with_endpoints(endpoints), oper
+
+
+def names_service(body: Any) -> bool:
+    """Whether a LoadbalanceEntry carries serviceArguments.name (any spelling)."""
+    svc = _lower_keys(body).get("servicearguments") if isinstance(body, dict) else None
+    return isinstance(svc, dict) and "name" in svc
 
 
 def _probe_fields(rule: LbRule) -> dict[str, Any]:
-    p = rule.probe
-    if p is None:
-        return {}
+    p = rule.effective_probe
     return {"probetype": p.ptype, "probeport": p.port, "probereq": p.req, "proberesp": p.resp,
-            "probeTimeout": int(p.timeout_s), "probeRetries": p.retries}
+            "probeTimeout": p.period_s, "probeRetries": p.retries}
 
 
 def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int, int]],
@@ -371,7 +410,11 @@ def rule_to_api(rule: LbRule, endpoint_counters: dict[tuple[str, int], tuple[int
             "name": rule.name,
             "host": k.host,
             "privateIP": rule.private_ip,
-            "snat": rule.mode in (1, 2),
+            "managed": rule.managed,
+            "security": rule.security,
+            # LoxiLB's egress SNAT rules (which kube-loxilb leaves alone when it removes
+            # the rules of deleted Services); no rule of this agent is one
+            "snat": False,
             **_probe_fields(rule),
         },
         "endpoints": [
@@ -398,7 +441,8 @@ def rule_to_request(rule: LbRule) -> dict[str, Any]:
             "portMax": k.port_max if k.port_max != k.port else 0,
             "protocol": k.protocol, "sel": rule.sel, "mode": rule.mode,
             "inactiveTimeOut": rule.inactive_timeout, "block": k.block, "name": rule.name,
-            "privateIP": rule.private_ip, "monitor": rule.monitor, **_probe_fields(rule),
+            "privateIP": rule.private_ip, "monitor": rule.monitor, "managed": rule.managed,
+            "security": rule.security, **_probe_fields(rule),
         },
         "endpoints": [{"endpointIP": e.ip, "targetPort": e.target_port, "weight": e.weight}
                       for e in rule.endpoints],

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from datapath import layouts as L
@@ -22,14 +22,16 @@ from datapath.layouts import (
     LB_MAX_RULES,
     LB_MAX_SVC_KEYS,
 )
+from loxicmd.names import NAT_MODE_NAMES, RULE_UNCHANGED
 
-from .dataplane import Dataplane, FlowView, flow_view
+from .dataplane import Dataplane, FlowView, flow_view, route_source
 from .model import (
     OPER_ATTACH,
     OPER_CREATE,
     InvalidInput,
     LbRule,
     RuleKey,
+    names_service,
     parse_lb_entry,
     rule_to_api,
     rule_to_request,
@@ -40,10 +42,11 @@ log = logging.getLogger("loxilbd.rules")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, result: str, message: str) -> None:
+    """A refusal with its HTTP status and the sentence saying what was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.result = result
         self.message = message
 
 
@@ -52,6 +55,8 @@ class RuleRecord:
     rule_id: int
     rule: LbRule
     slots: dict[tuple[str, int], int] = field(default_factory=dict)  # endpoint -> counter slot
+    # one-arm/fullnat: the node's address towards each endpoint ("" while it has no route)
+    sources: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 class IdPool:
@@ -69,8 +74,7 @@ class IdPool:
 
     def allocate(self) -> int:
         if len(self.used) >= self.size:
-            raise ApiError(403, f"{self.what}-capacity",
-                           f"{self.field}: the datapath holds at most {self.size} "
+            raise ApiError(403, f"{self.field}: the datapath holds at most {self.size} "
                            f"{self.what}s; delete some first")
         while self._next in self.used:
             self._next = (self._next + 1) % self.size
@@ -104,6 +108,9 @@ class RuleTable:
         self.store = store
         self.observer: RuleObserver | None = None
         self.inactive: set[int] = set()  # endpoint slots that get no new flows
+        # slots of one-arm/fullnat endpoints the node had no route to when their rule
+        # was restored: no new flows until one appears (recheck_routes)
+        self.no_route: set[int] = set()
         self.records: dict[RuleKey, RuleRecord] = {}
         self.by_id: dict[int, RuleRecord] = {}  # the same records by rule id
         self.rule_ids = IdPool(max_rules, "rule", "serviceArguments")
@@ -131,10 +138,16 @@ class RuleTable:
                     raise ValueError(f"{where} is invalid: {exc}") from None
                 if {ep.ident for ep in rule.endpoints} != set(slots) or str(rule_id) != rid:
                     raise ValueError(f"{where}: its slots or id do not match its endpoints")
-                record = RuleRecord(rule_id, rule, slots)
+                record = RuleRecord(rule_id, rule, slots, self._sources(rule, strict=False))
+                for ident, source in record.sources.items():
+                    if not source:
+                        self.no_route.add(slots[ident])
+                        log.warning("rule %s: no route to endpoint %s; it gets no new flows "
+                                    "until one appears", rule.key.describe(), ident[0])
                 if self.observer:
                     self.inactive |= self.observer.initially_inactive(record)
-                self.dp.program_rule(rule_id, rule, slots, inactive=self.inactive)
+                self.dp.program_rule(rule_id, rule, slots, inactive=self.inactive | self.no_route,
+                                     sources=record.sources)
                 self._put(record)
                 self.rule_ids.take(rule_id)
                 if self.observer:
@@ -152,33 +165,68 @@ class RuleTable:
                 self.store.put(str(put.rule_id), self._to_record(put))
             self.store.delete([str(r.rule_id) for r in deleted])
         except OSError as exc:
-            raise ApiError(500, "state-save-failed",
-                           f"could not save state in {self.store.dir}: {exc}") from exc
+            raise ApiError(500, f"could not save state in {self.store.dir}: {exc}") from exc
 
     # -- changes ------------------------------------------------------------
+    @staticmethod
+    def _sources(rule: LbRule, strict: bool) -> dict[tuple[str, int], str]:
+        """One-arm and fullnat send to each endpoint from the node's own address towards
+        it. strict: an endpoint the node has no route to is refused (an API change);
+        otherwise it is noted as "" (a restore must not fail on a route not up yet)."""
+        if rule.mode == L.NAT_DEFAULT:
+            return {}
+        sources = {}
+        for ep in rule.endpoints:
+            source = route_source(ep.ip)
+            if source is None and strict:
+                raise InvalidInput("endpoints", f"{ep.ip!r}: this node has no route to it, and "
+                                   f"{NAT_MODE_NAMES[rule.mode]} rules send to an endpoint from "
+                                   "the node's own address towards it; allowed: an endpoint "
+                                   "the node can route to (or mode 0, default)")
+            sources[ep.ident] = source or ""
+        return sources
+
+    def recheck_routes(self) -> int:
+        """Endpoints restored without a route: those that have one now get their source
+        and new flows again. Returns how many came back."""
+        if not self.no_route:
+            return 0
+        back = 0
+        with self.lock:
+            for rec in self.records.values():
+                for ident, slot in rec.slots.items():
+                    if slot not in self.no_route:
+                        continue
+                    source = route_source(ident[0])
+                    if source is None:
+                        continue
+                    rec.sources[ident] = source
+                    self.no_route.discard(slot)
+                    self.dp.set_endpoint_source(slot, source, active=slot not in self.inactive)
+                    log.info("rule %s: endpoint %s reachable again (from %s)",
+                             rec.rule.key.describe(), ident[0], source)
+                    back += 1
+        return back
+
     def _check_capacity(self, rule: LbRule, replacing: RuleRecord | None) -> None:
         others = [r.rule for r in self.records.values()
                   if replacing is None or r.rule.key != replacing.rule.key]
         used = sum(r.key.port_max - r.key.port + 1 for r in others)
         need = rule.key.port_max - rule.key.port + 1
         if used + need > LB_MAX_SVC_KEYS:
-            raise ApiError(403, "lbrule-capacity",
-                           f"serviceArguments.portMax: the range needs {need} service entries, "
-                           f"{LB_MAX_SVC_KEYS - used} of {LB_MAX_SVC_KEYS} are free")
+            raise ApiError(403, f"serviceArguments.portMax: the range needs {need} service "
+                           f"entries, {LB_MAX_SVC_KEYS - used} of {LB_MAX_SVC_KEYS} are free")
         kept = set(replacing.slots) if replacing else set()
         new_eps = sum(1 for ep in rule.endpoints if ep.ident not in kept)
         if new_eps > self.slots.available:
-            raise ApiError(403, "endpoint-capacity",
-                           f"endpoints: {new_eps} new endpoints, {self.slots.available} of "
+            raise ApiError(403, f"endpoints: {new_eps} new endpoints, {self.slots.available} of "
                            f"{self.slots.size} endpoint slots are free")
         if replacing is None and not self.rule_ids.available:
-            raise ApiError(403, "rule-capacity",
-                           f"serviceArguments: the datapath holds at most {self.rule_ids.size} "
-                           "rules; delete some first")
+            raise ApiError(403, f"serviceArguments: the datapath holds at most "
+                           f"{self.rule_ids.size} rules; delete some first")
         sources = sum(len(r.allowed_sources) for r in others)
         if sources + len(rule.allowed_sources) > LB_ALLOW_ENTRIES:
-            raise ApiError(403, "allowlist-capacity",
-                           f"allowedSources: {len(rule.allowed_sources)} prefixes, "
+            raise ApiError(403, f"allowedSources: {len(rule.allowed_sources)} prefixes, "
                            f"{LB_ALLOW_ENTRIES - sources} of {LB_ALLOW_ENTRIES} entries are free")
 
     def _overlapping(self, rule: LbRule) -> RuleRecord | None:
@@ -198,19 +246,21 @@ class RuleTable:
             if oper != OPER_CREATE:
                 if current is None:
                     verb = "attach endpoints to" if oper == OPER_ATTACH else "detach endpoints from"
-                    raise ApiError(404, "lbrule-not-found",
-                                   f"no rule {rule.key.describe()} to {verb}")
+                    raise ApiError(404, f"no rule {rule.key.describe()} to {verb}")
                 rule = self._merge_endpoints(current.rule, rule, oper)
-            elif current is not None and current.rule == rule:
-                raise ApiError(409, "lbrule-exists", f"rule {rule.key.describe()} already exists "
-                               "with the same options and endpoints")
+            else:
+                if current is not None and not names_service(body):
+                    # an update without a `name` keeps the rule's (kube-loxilb and the CLI
+                    # leave it out when they have none to give; "" clears it)
+                    rule = replace(rule, name=current.rule.name)
+                if current is not None and current.rule == rule:
+                    raise ApiError(409, f"rule {rule.key.describe()} {RULE_UNCHANGED}")
             clash = self._overlapping(rule)
             if clash is not None:
-                raise ApiError(409, "lbrule-overlaps",
-                               f"ports of {rule.key.describe()} overlap rule "
+                raise ApiError(409, f"ports of {rule.key.describe()} overlap rule "
                                f"{clash.rule.key.describe()}")
             self._check_capacity(rule, current)
-            self._install(rule, current)
+            self._install(rule, current, self._sources(rule, strict=True))
 
     @staticmethod
     def _merge_endpoints(current: LbRule, change: LbRule, oper: int) -> LbRule:
@@ -225,19 +275,19 @@ class RuleTable:
             missing = [f"{ip}:{port}" for ip, port in (e.ident for e in change.endpoints)
                        if (ip, port) not in have]
             if missing:
-                raise ApiError(404, "endpoint-not-found",
-                               f"endpoints: {', '.join(missing)} not in rule "
+                raise ApiError(404, f"endpoints: {', '.join(missing)} not in rule "
                                f"{current.key.describe()}")
             for ep in change.endpoints:
                 del have[ep.ident]
         return current.with_endpoints(list(have.values()))
 
-    def _install(self, rule: LbRule, current: RuleRecord | None) -> None:
+    def _install(self, rule: LbRule, current: RuleRecord | None,
+                 sources: dict[tuple[str, int], str]) -> None:
         if current is None:
-            record = RuleRecord(self.rule_ids.allocate(), rule)
+            record = RuleRecord(self.rule_ids.allocate(), rule, sources=sources)
             self.dp.reset_rule_state(record.rule_id)
         else:
-            record = RuleRecord(current.rule_id, rule)
+            record = RuleRecord(current.rule_id, rule, sources=sources)
         old_slots = current.slots if current else {}
         fresh = []
         for ep in rule.endpoints:  # endpoints that stay keep their slot (and counters)
@@ -250,7 +300,8 @@ class RuleTable:
             self.inactive |= self.observer.initially_inactive(record)
         try:
             self.dp.program_rule(record.rule_id, rule, record.slots,
-                                 current.rule if current else None, fresh, self.inactive)
+                                 current.rule if current else None, fresh,
+                                 self.inactive | self.no_route, sources)
             self._put(record)
             self._persist(put=record)
         except Exception:
@@ -259,6 +310,7 @@ class RuleTable:
                 self.rule_ids.free([record.rule_id])
             self._rollback(rule.key, record, current)
             raise
+        self.no_route.difference_update(record.slots.values())  # every source resolved
         if current is not None:
             gone = [slot for ident, slot in current.slots.items() if ident not in record.slots]
             self.dp.release_slots(gone)  # ends their flows (reported as endpoint removed)
@@ -276,7 +328,8 @@ class RuleTable:
             else:
                 self._put(previous)
                 self.dp.program_rule(previous.rule_id, previous.rule, previous.slots,
-                                     attempted.rule)
+                                     attempted.rule, inactive=self.inactive | self.no_route,
+                                     sources=previous.sources)
         except Exception:  # the original error is the one to report
             log.exception("rollback of %s failed", key.describe())
 
@@ -284,7 +337,7 @@ class RuleTable:
         with self.lock:
             doomed = [self.records[k] for k in keys if k in self.records]
             if not doomed and what:
-                raise ApiError(404, "lbrule-not-found", f"no rule {what}")
+                raise ApiError(404, f"no rule {what}")
             for rec in doomed:
                 self._drop(rec)
             try:
@@ -309,6 +362,7 @@ class RuleTable:
         slots = list(slots)
         self.slots.free(slots)
         self.inactive.difference_update(slots)
+        self.no_route.difference_update(slots)
 
     def set_slot_active(self, slot: int, active: bool, end_flows: bool = False) -> None:
         """Health or host state changed: new flows go (or stop going) to the
@@ -320,7 +374,7 @@ class RuleTable:
                 self.inactive.discard(slot)
             else:
                 self.inactive.add(slot)
-            self.dp.set_endpoint_active(slot, active)
+            self.dp.set_endpoint_active(slot, active and slot not in self.no_route)
             if end_flows:
                 self.dp.sweep(L.SWEEP_ENDPOINT, slot, L.REASON_EP_DOWN)
 
@@ -357,7 +411,8 @@ class RuleTable:
             for rec in records:
                 counters = {ident: self.dp.endpoint_counters(slot)
                             for ident, slot in rec.slots.items()}
-                down = {ident for ident, slot in rec.slots.items() if slot in self.inactive}
+                down = {ident for ident, slot in rec.slots.items()
+                        if slot in self.inactive or slot in self.no_route}
                 out.append(rule_to_api(rec.rule, counters, down))
             return out
 
@@ -435,7 +490,7 @@ def _flow_to_api(flow: FlowView, rec: RuleRecord | None) -> dict[str, Any]:
         "protocol": flow.protocol,
         "conntrackState": flow.state,
         "conntrackAct": act,
-        "ident": flow.client_port if icmp else 0,
+        "ident": str(flow.client_port if icmp else 0),  # a string in LoxiLB's API
         "packets": flow.packets,
         "bytes": flow.bytes,
         "servName": rec.rule.name if rec else "",

@@ -71,7 +71,8 @@ def _reason(exc: BaseException, timeout: float) -> str:
 def _error_message(status: int, reason: str, text: str, data: Any) -> str:
     message = text.strip() or reason or "no message"
     if isinstance(data, dict):
-        for key in ("message", "result", "detail"):
+        # LoxiLB puts what was wrong in `result` (`message` only names the status)
+        for key in ("result", "message", "detail"):
             value = data.get(key)
             if value:
                 message = value if isinstance(value, str) else json.dumps(value)

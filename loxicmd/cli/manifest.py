@@ -21,7 +21,7 @@ from typing import Any
 from loxicmd.cli import schema
 from loxicmd.cli.options import Call
 from loxicmd.cli.schema import Invalid, address, boolean, integer, text
-from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, SELECTION_NAMES
+from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, RULE_UNCHANGED, SELECTION_NAMES
 
 LB_FILE = "lbconfig.txt"
 EP_FILE = "EPconfig.txt"
@@ -223,7 +223,7 @@ def kinds() -> dict[str, Kind]:
     found = [
         Kind("LoadBalancer", check_lb, _post(lb.PATH, "LoadBalancer", _lb_label), _lb_delete,
              lb_identity, _lb_label, lb.PATH_ALL, "lbAttr", restore(check_lb),
-             unchanged_result="lbrule-exists"),
+             unchanged_result=RULE_UNCHANGED),
         Kind("Endpoint", check_endpoint, _post(endpoint.PATH, "Endpoint", ep_label),
              _ep_delete, _field("hostName", "name"), ep_label, endpoint.LISTING.path, "Attr",
              restore(check_endpoint)),
