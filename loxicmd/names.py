@@ -26,6 +26,14 @@ NAT_MODE_NAMES: dict[int, str] = {
 
 PROTOCOLS: tuple[str, ...] = ("tcp", "udp", "sctp", "icmp")
 
+# Conntrack states as the API names them (ctAttr.conntrackState, ?state= of
+# /config/conntrack/all): TCP, then UDP, then ICMP echo.
+CONNTRACK_STATES: tuple[str, ...] = (
+    "closed", "sync-sent", "sync-ack", "est", "fini", "closed-wait",
+    "udp-uni", "udp-est",
+    "req-sent", "bidir",
+)
+
 # The end of the agent's 409 sentence for a rule posted again unchanged (kube-loxilb
 # treats an error saying "exist" as done; `apply` reports such a rule as unchanged).
 RULE_UNCHANGED = "already exists with the same options and endpoints"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cli_lab import clear_rules, cli_env, loxicmd, run_in, running_agent
+from cli_lab import clear_rules, cli_env, loxicmd, requests_sent, run_in, running_agent
 from lbnode import LbNode, pipe_table
 
 pytestmark = pytest.mark.e2e
@@ -150,3 +150,116 @@ def test_9_bgp_values_and_no_debug_on_stdout(node: LbNode) -> None:
                 env=cli_env(LOXICMD_TOKEN="secret"))
     assert cp.returncode == 0 and json.loads(cp.stdout) == {"lbAttr": []}
     assert "debug: > GET" in cp.stderr
+
+
+# ---- issue 15: the CLI defects found since -------------------------------------------------
+
+KEEP_PORT_VIP = "198.18.100.1"
+
+
+def test_issue15_11_keep_the_port_ranges(node: LbNode, tmp_path: Path) -> None:
+    """README's `--tcp=8001-8100:0`: created, shown, saved, applied back (-c and -f)."""
+    cp = lx(node, "create", "lb", KEEP_PORT_VIP, "--tcp=8001-8100:0", f"--endpoints={EP}:1")
+    assert cp.returncode == 0, cp.stderr
+    before = node.rules()
+    (rule,) = before
+    assert (rule["serviceArguments"]["port"], rule["serviceArguments"]["portMax"]) == \
+        (8001, 8100)
+    assert [(e["endpointIP"], e["targetPort"]) for e in rule["endpoints"]] == [(EP, 0)]
+    (row,) = pipe_table(lx(node, "get", "lb", "-o", "wide").stdout)
+    assert (row["PORT"], row["ENDPOINT"], row["EPORT"]) == ("8001-8100", EP, "0")
+
+    cp = lx(node, "save", "--lb", "-c", str(tmp_path))
+    assert cp.returncode == 0, cp.stderr
+    saved = json.loads((tmp_path / "lbconfig.txt").read_text())
+    assert saved["lbAttr"][0]["endpoints"][0]["targetPort"] == 0
+    assert lx(node, "delete", "lb", "--all", "--yes").returncode == 0
+    cp = lx(node, "apply", "-c", str(tmp_path))
+    assert cp.returncode == 0, cp.stderr
+    assert node.rules() == before
+
+    assert lx(node, "delete", "lb", KEEP_PORT_VIP, "--tcp=8001-8100:0").returncode == 0
+    doc = {"apiVersion": "netlox/v1", "kind": "LoadBalancer", "metadata": {"name": "keep"},
+           "spec": {"serviceArguments": {"externalIP": KEEP_PORT_VIP, "port": 8001,
+                                         "portMax": 8100, "protocol": "tcp"},
+                    "endpoints": [{"endpointIP": EP, "targetPort": 0, "weight": 1}]}}
+    path = tmp_path / "keep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    cp = lx(node, "apply", "-f", str(path))
+    assert cp.returncode == 0, cp.stderr
+    assert node.rules() == before
+
+
+def test_issue15_12_one_document_for_several_calls(node: LbNode) -> None:
+    one = ["--endpoints", f"{EP}:1", "-o", "json"]
+    cp = lx(node, "create", "lb", VIP, "--tcp=70:8080", *one)
+    assert cp.returncode == 0, cp.stderr
+    created = json.loads(cp.stdout)  # one call: the agent's body as it is
+    assert isinstance(created, dict)
+
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:8080", "--udp=80:8080", *one)
+    assert cp.returncode == 0, cp.stderr
+    assert json.loads(cp.stdout) == [created, created]
+    cp = lx(node, "create", "lb", VIP, "--tcp=90:8080,91:8080", "--udp=90:8080",
+            f"--endpoints={EP}:1", "-o", "yaml")
+    assert cp.returncode == 0, cp.stderr
+    assert yaml.safe_load(cp.stdout) == [created] * 3
+
+    # a refused call: its error on stderr, the others' bodies in order, the worst status
+    cp = lx(node, "create", "lb", VIP, "--tcp=80:8080,100:8080", *one)
+    assert cp.returncode == 1
+    assert "tcp/80" in cp.stderr and "HTTP 409" in cp.stderr
+    assert json.loads(cp.stdout) == [created]
+    cp = lx(node, "delete", "lb", VIP, "--tcp=200", "--udp=201", "-o", "json")
+    assert cp.returncode == 1 and json.loads(cp.stdout) == []
+    cp = lx(node, "delete", "lb", VIP, "--tcp=80", "--udp=80", "-o", "yaml")
+    assert cp.returncode == 0, cp.stderr
+    deleted = yaml.safe_load(cp.stdout)
+    assert isinstance(deleted, list) and len(deleted) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["get", "ct", "--state", "bogus"],
+    ["create", "lb", "0.0.0.0", "--tcp=80:8080", f"--endpoints={EP}:1"],
+    ["create", "lb", VIP, "--tcp=80:8080", "--endpoints=127.0.0.1:1"],
+    ["create", "lb", VIP, "--tcp=80:8080", f"--endpoints={VIP}:1"],
+    ["create", "lb", VIP, "--tcp=80:8080,80:8081", f"--endpoints={EP}:1"],
+    ["create", "lb", "", "--tcp=80:8080"],
+    ["create", "endpoint", EP, "--probetype=tcp"],
+])
+def test_issue15_13_refused_by_the_cli(node: LbNode, argv: list[str]) -> None:
+    cp = lx(node, "-v", *argv)
+    assert cp.returncode == 2, (cp.returncode, cp.stderr)
+    assert requests_sent(cp.stderr) == [] and cp.stdout == ""
+    assert node.rules() == []
+
+
+def test_issue15_15_get_lb_service_name(node: LbNode) -> None:
+    for port, name in ((80, "web"), (81, "db"), (82, "web")):
+        cp = lx(node, "create", "lb", VIP, f"--tcp={port}:8080", f"--endpoints={EP}:1",
+                f"--name={name}")
+        assert cp.returncode == 0, cp.stderr
+    assert [r["PORT"] for r in pipe_table(lx(node, "get", "lb", "--servName", "web").stdout)] \
+        == ["80", "82"]
+    wide = pipe_table(lx(node, "get", "lb", "-o", "wide", "--servName=db").stdout)
+    assert [(r["PORT"], r["ENDPOINT"]) for r in wide] == [("81", EP)]
+    for output, load in (("json", json.loads), ("yaml", yaml.safe_load)):
+        body = load(lx(node, "get", "lb", "-o", output, "--servName=web").stdout)
+        assert sorted(r["serviceArguments"]["port"] for r in body["lbAttr"]) == [80, 82]
+    assert pipe_table(lx(node, "get", "lb", "--servName=nosuch").stdout) == []
+
+
+def test_issue15_15_delete_ep(node: LbNode) -> None:
+    cp = lx(node, "create", "endpoint", EP, "--probetype=tcp", "--probeport=80",
+            "--name=issue15")
+    assert cp.returncode == 0, cp.stderr
+
+    def probes() -> list[tuple[str, str]]:
+        status, body = node.api("GET", "/config/endpoint/all")
+        assert status == 200, body
+        return [(ep["hostName"], ep["name"]) for ep in body["Attr"]]
+
+    assert (EP, "issue15") in probes()
+    cp = lx(node, "delete", "ep", EP)
+    assert (cp.returncode, cp.stderr) == (0, "")
+    assert [host for host, _ in probes() if host == EP] == []

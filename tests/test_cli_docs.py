@@ -77,3 +77,18 @@ def test_fish_completes_nouns_and_values() -> None:
                                                        for w in nouns_part.split()}
     assert modes_part.split() == ["default", "dsr", "fullnat", "fullproxy", "hostonearm",
                                   "onearm"]
+
+
+def test_issue15_15_fish_completes_option_equals_value() -> None:
+    """``--mode=on<TAB>`` in fish: the whole word comes back (fish drops answers that do
+    not start with the word under the cursor)."""
+    script = ROOT / "completions" / "loxicmd.fish"
+    cp = subprocess.run(
+        ["fish", "--no-config", "-c",
+         f"source {script}; complete --do-complete='loxicmd create lb 1.1.1.1 --mode=on'; "
+         "echo ---; complete --do-complete='loxicmd get ct --state=udp'"],
+        env=cli_env(LOXICMD_PORT="1"), capture_output=True, text=True, check=False, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    modes, states = cp.stdout.split("---\n")
+    assert modes.split() == ["--mode=onearm"]
+    assert states.split() == ["--state=udp-est", "--state=udp-uni"]

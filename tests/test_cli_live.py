@@ -379,6 +379,12 @@ t loxicmd create lb 1.1.1.1 --select ""
 t loxicmd delete lb ""
 t loxicmd delete lb --name ""
 t loxicmd -p {port} delete lb 198.18.200.
+t loxicmd create lb 1.1.1.1 --mode =
+t loxicmd create lb 1.1.1.1 --select = p
+t loxicmd get ct --servName ""
+t loxicmd get ct --servName = al
+t loxicmd get lb --servName = b
+t loxicmd help ""
 """
 
 
@@ -397,7 +403,7 @@ def test_bash_completion_live(node: LbNode, eps: str) -> None:
     lines, err, _ = _complete(node, node.port)
     assert err == ""
     assert lines[0].split() == ["get", "create", "delete", "set", "save", "apply", "version",
-                                "completion"]
+                                "completion", "help"]
     assert {"loadbalancer", "conntrack", "hastate", "bgpneighbor"} <= set(lines[1].split())
     assert lines[2].split() == ["--mode", "--monitor"]
     assert lines[3].split() == ["default", "onearm", "fullnat", "dsr", "fullproxy",
@@ -406,6 +412,13 @@ def test_bash_completion_live(node: LbNode, eps: str) -> None:
     assert lines[5].split() == [VIP, "198.18.200.2"]
     assert lines[6].split() == ["alpha", "beta"]
     assert lines[7].split() == [VIP, "198.18.200.2"]
+    # issue 15: `--opt=value` (bash splits it at `=`), service names of get ct / get lb
+    assert lines[8].split() == lines[3].split()
+    assert lines[9].split() == ["priority", "persist"]
+    assert lines[10].split() == ["alpha", "beta"]
+    assert lines[11].split() == ["alpha"]
+    assert lines[12].split() == ["beta"]
+    assert lines[13].split() == lines[0].split()
     ok(node, "delete", "lb", "--all", "--yes")
 
 
@@ -413,4 +426,5 @@ def test_bash_completion_agent_down_is_fast_and_silent(node: LbNode) -> None:
     lines, err, elapsed = _complete(node, 1)
     assert err == ""
     assert lines[5] == "" and lines[6] == "" and lines[1]  # static values still complete
-    assert elapsed < 5, elapsed  # 8 completions, each one python start
+    assert lines[10] == "" and lines[8] and lines[9]
+    assert elapsed < 8, elapsed  # 14 completions, each one python start (no 10 s timeouts)

@@ -47,9 +47,8 @@ def test_port_maps_list_means_separate_rules() -> None:
         ("0:80", "port must be 1..65535"),
         ("65536:80", "port must be 1..65535"),
         ("abc:80", "port must be an integer 1..65535"),
-        ("80:70000", "target port must be 1..65535"),
-        ("80:0", "target port must be 1..65535"),
-        ("80:x", "target port must be an integer 1..65535"),
+        ("80:70000", "target port must be 0..65535 (0 keeps the client's port)"),
+        ("80:x", "target port must be an integer 0..65535 (0 keeps the client's port)"),
         ("90-80:8080", "max port 80 is below port 90"),
         ("80-70000:8080", "max port must be 1..65535"),
         ("80", "expected <port>[-<max>]:<targetport>"),
@@ -349,7 +348,7 @@ def test_registry_matches_modules() -> None:
 
 
 def _run(*argv: str) -> Any:
-    return CliRunner().invoke(cli, list(argv), env={"LOXICMD_PORT": "1"})
+    return CliRunner().invoke(cli, list(argv), env={"LOXICMD_PORT": "1"}, prog_name="loxicmd")
 
 
 @pytest.mark.parametrize(
@@ -483,10 +482,10 @@ def test_more_usage_errors_exit_2(argv: list[str], expected: str) -> None:
 
 
 def test_process_cells() -> None:
-    from loxicmd.cli.nouns.process import duration, mebibytes
+    from loxicmd.cli.nouns.process import duration, kibibytes
 
     assert duration(93784) == "1d2h3m4s" and duration(59) == "59s" and duration(3600) == "1h0m0s"
-    assert mebibytes(51527680) == "49.1MiB" and mebibytes(None) == ""
+    assert kibibytes("50320") == "49.1MiB" and kibibytes(None) == ""
 
 
 def test_version_and_completion_need_no_agent() -> None:
@@ -494,3 +493,231 @@ def test_version_and_completion_need_no_agent() -> None:
     for shell in ("bash", "zsh", "fish"):
         result = _run("completion", shell)
         assert result.exit_code == 0 and "_LOXICMD_COMPLETE" in result.stdout
+
+
+# ---- issue 15 ---------------------------------------------------------------------------------
+
+
+def test_issue15_11_target_port_0_keeps_the_port() -> None:
+    from loxicmd.cli import manifest
+
+    assert args.parse_port_maps("8001-8100:0,80:0") == [PortMap(8001, 8100, 0),
+                                                         PortMap(80, None, 0)]
+    assert args.parse_port_ranges("8001-8100:0") == [PortRange(8001, 8100)]  # delete
+    (body,) = lb.build_rules("198.18.100.1", ports={"tcp": args.parse_port_maps("8001-8100:0")},
+                             endpoints=[Endpoint("198.18.1.2", 1)])
+    assert body["endpoints"] == [{"endpointIP": "198.18.1.2", "targetPort": 0, "weight": 1}]
+    # apply -f / apply -c / save check rules with the same schema
+    checked = manifest.check_lb(body, "spec")
+    assert checked["endpoints"][0]["targetPort"] == 0
+    with pytest.raises(manifest.Invalid, match="targetPort: 65536 is out of range; "
+                       "allowed: 0..65535"):
+        manifest.check_lb({**body, "endpoints": [{"endpointIP": "198.18.1.2",
+                                                  "targetPort": 65536}]}, "spec")
+
+
+def test_issue15_11_create_lb_keep_port_reaches_the_agent() -> None:
+    result = _run("create", "lb", "198.18.100.1", "--tcp=8001-8100:0",
+                  "--endpoints=198.18.1.2:1")
+    assert result.exit_code == 3, result.stderr  # sent (the agent at port 1 is not there)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    # service addresses that carry no traffic
+    (["create", "lb", "0.0.0.0", "--tcp=80:80"],
+     "EXTERNAL-IP: '0.0.0.0': the unspecified address cannot be a service address; allowed: "
+     "a unicast, non-loopback IPv4 or IPv6 address"),
+    (["create", "lb", "255.255.255.255", "--tcp=80:80"],
+     "EXTERNAL-IP: '255.255.255.255': the broadcast address cannot be a service address"),
+    (["create", "lb", "224.0.0.5", "--tcp=80:80"],
+     "EXTERNAL-IP: '224.0.0.5': a multicast address cannot be a service address"),
+    (["create", "lb", "239.255.255.250", "--tcp=80:80"], "EXTERNAL-IP: '239.255.255.250'"),
+    (["create", "lb", "::", "--tcp=80:80"],
+     "EXTERNAL-IP: '::': the unspecified address cannot be a service address"),
+    (["create", "lb", "ff02::1", "--tcp=80:80"],
+     "EXTERNAL-IP: 'ff02::1': a multicast address cannot be a service address"),
+    # endpoints
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=127.0.0.1:1"],
+     "--endpoints: '127.0.0.1:1': a loopback address cannot be an endpoint; allowed: a "
+     "unicast, non-loopback IPv4 or IPv6 endpoint address"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=10.0.0.1:1,127.1.2.3:1"],
+     "--endpoints: '127.1.2.3:1': a loopback address"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=0.0.0.0:1"],
+     "--endpoints: '0.0.0.0:1': the unspecified address cannot be an endpoint"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=224.1.1.1:1"],
+     "--endpoints: '224.1.1.1:1': a multicast address cannot be an endpoint"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=255.255.255.255:1"],
+     "--endpoints: '255.255.255.255:1': the broadcast address cannot be an endpoint"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=[::1]:1"],
+     "--endpoints: '[::1]:1': a loopback address"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:80", "--endpoints=10.0.0.1:1,1.1.1.1:2"],
+     "--endpoints: '1.1.1.1:2': 1.1.1.1 is EXTERNAL-IP itself; allowed: addresses behind "
+     "the load balancer"),
+    # overlapping mappings of one protocol (the last one used to win silently)
+    (["create", "lb", "1.1.1.1", "--tcp=80:8080,80:8081"],
+     "--tcp: '80:8080' and '80:8081' overlap; allowed: port ranges that do not overlap"),
+    (["create", "lb", "1.1.1.1", "--tcp=80-90:8080", "--tcp=85:1"],
+     "--tcp: '80-90:8080' and '85:1' overlap"),
+    (["create", "lb", "1.1.1.1", "--tcp=80:1", "--udp=100-200:0,150-300:0"],
+     "--udp: '100-200:0' and '150-300:0' overlap"),
+    # conntrack states
+    (["get", "ct", "--state", "bogus"],
+     "--state: 'bogus' is not one of 'closed', 'sync-sent', 'sync-ack', 'est', 'fini', "
+     "'closed-wait', 'udp-uni', 'udp-est', 'req-sent', 'bidir'"),
+    # no or an empty service address
+    (["create", "lb", "--tcp=80:8080"],
+     "missing EXTERNAL-IP; allowed: a unicast, non-loopback IPv4 or IPv6 address"),
+    (["create", "lb", "", "--tcp=80:8080"],
+     "EXTERNAL-IP: '': no address given; allowed: a unicast, non-loopback IPv4 or IPv6 "
+     "address"),
+    (["create", "endpoint"], "missing IP; allowed: an IPv4 or IPv6 address"),
+    (["set", "hastate", "default"], "missing STATE; allowed: MASTER, BACKUP, FAULT"),
+    # probe ports the agent would refuse
+    (["create", "endpoint", "198.18.1.2", "--probetype=tcp"],
+     "--probeport is missing: --probetype=tcp needs the port to probe; allowed: 1..65535"),
+    (["create", "endpoint", "198.18.1.2", "--probetype=udp"], "--probeport is missing"),
+    (["create", "endpoint", "198.18.1.2", "--probetype=sctp"], "--probeport is missing"),
+    (["create", "endpoint", "198.18.1.2", "--probetype=http"], "--probeport is missing"),
+    (["create", "endpoint", "198.18.1.2", "--probetype=https"], "--probeport is missing"),
+    (["create", "endpoint", "198.18.1.2", "--probeport=80"],
+     "--probeport=80 is not used by --probetype=ping (the default)"),
+    (["create", "endpoint", "198.18.1.2", "--probetype=none", "--probeport=80"],
+     "--probeport=80 is not used by --probetype=none"),
+])
+def test_issue15_13_refused_before_anything_is_sent(argv: list[str], expected: str) -> None:
+    # The agent "at" port 1 is not there: anything sent would end in exit 3.
+    result = _run(*argv)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert expected in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [
+    ["create", "lb", "1.1.1.1", "--tcp=80:8080", "--udp=80:8080"],  # two protocols
+    ["create", "lb", "1.1.1.1", "--tcp=80-89:8080,90:9090", "--tcp=91-95:0"],  # adjacent
+    ["create", "lb", "2001:db8::1", "--tcp=80:80", "--endpoints=[2001:db8::2]:1"],
+    ["create", "endpoint", "198.18.1.2", "--probetype=tcp", "--probeport=80"],
+    ["create", "endpoint", "198.18.1.2", "--probetype=none"],
+    ["create", "endpoint", "198.18.1.2"],
+    ["get", "ct", "--state", "udp-est"],
+])
+def test_issue15_13_good_input_is_sent(argv: list[str]) -> None:
+    result = _run(*argv)
+    assert result.exit_code == 3, (result.exit_code, result.stderr)
+
+
+def test_issue15_13_conntrack_states_are_the_datapaths() -> None:
+    from datapath import layouts
+    from loxicmd.names import CONNTRACK_STATES
+
+    assert CONNTRACK_STATES == tuple(dict.fromkeys(layouts.CT_STATE_NAMES.values()))
+
+
+@pytest.mark.parametrize("words", [[], ["get"], ["get", "lb"], ["get", "loadbalancer"],
+                                   ["create", "lbs"], ["delete", "ep"], ["delete"],
+                                   ["set", "hastate"], ["save"], ["apply"], ["completion"],
+                                   ["help"]])
+def test_issue15_15_help_command_is_help_option(words: list[str]) -> None:
+    by_command = _run("help", *words)
+    by_option = _run(*words, "--help")
+    assert (by_command.exit_code, by_option.exit_code) == (0, 0), by_command.stderr
+    assert by_command.stdout == by_option.stdout and by_command.stdout.startswith("Usage:")
+
+
+@pytest.mark.parametrize(("words", "expected"), [
+    (["nosuch"], "unknown command 'nosuch' for 'loxicmd'; known: get, create, delete"),
+    (["get", "nosuch"], "unknown command 'nosuch' for 'loxicmd get'; known: loadbalancer"),
+    (["set", "lb"], "unknown command 'lb' for 'loxicmd set'"),
+    (["get", "lb", "extra"], "'loxicmd get loadbalancer' has no sub-command 'extra'"),
+])
+def test_issue15_15_help_of_unknown_command_exit_2(words: list[str], expected: str) -> None:
+    result = _run("help", *words)
+    assert result.exit_code == 2 and expected in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_issue15_15_get_lb_service_name_filter() -> None:
+    body = {"lbAttr": [_rule("1.1.1.2", 80, name="web"), _rule("1.1.1.1", 80, name="db"),
+                       _rule("1.1.1.1", 81, name="web")], "extra": 1}
+    kept = lb.with_service_name(body, "web")
+    assert kept == {"lbAttr": [body["lbAttr"][0], body["lbAttr"][2]], "extra": 1}
+    assert lb.with_service_name(body, "nosuch")["lbAttr"] == []
+    assert lb.with_service_name(body, "we")["lbAttr"] == []  # the whole name, not a prefix
+
+
+def test_issue15_15_bash_option_value_words_joined() -> None:
+    from loxicmd.cli.complete import join_option_values, option_prefix
+
+    assert join_option_values(["create", "--mode", "="]) == ["create", "--mode="]
+    assert join_option_values(["create", "--mode", "=", "on"]) == ["create", "--mode=on"]
+    assert join_option_values(["--mode", "=", "onearm", "--select", "=", ""]) == \
+        ["--mode=onearm", "--select="]
+    assert join_option_values(["lb", "1.1.1.1", ""]) == ["lb", "1.1.1.1", ""]
+    assert join_option_values(["--probereq", "=", "/a", "=", "b"]) == ["--probereq=/a", "=",
+                                                                       "b"]
+    assert option_prefix("--mode=on") == "--mode=" and option_prefix("on") == ""
+
+
+def _complete(shell: str, words: list[str]) -> list[str]:
+    """What ``loxicmd`` answers the generated ``shell`` script for ``words`` (the last one
+    is the word under the cursor), asked as that script asks."""
+    env = {**os.environ, "_LOXICMD_COMPLETE": f"{shell}_complete", "LOXICMD_PORT": "1",
+           "COMP_WORDS": " ".join(words), "COMP_CWORD": str(len(words) - 1)}
+    if shell == "fish":  # the command line up to the cursor, and the word under it
+        env["COMP_CWORD"] = words[-1]
+    proc = subprocess.run([*_loxicmd()], env=env, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    if shell == "zsh":  # type, value, help: one a line
+        return proc.stdout.splitlines()[1::3]
+    return [line.split(",", 1)[1] for line in proc.stdout.splitlines()]
+
+
+def test_issue15_15_bash_completes_option_equals_value() -> None:
+    # bash splits `--mode=on` at `=` (COMP_WORDBREAKS) into `--mode`, `=`, `on`, and
+    # readline replaces what follows the `=`: values alone
+    base = ["loxicmd", "create", "lb", "1.1.1.1"]
+    assert _complete("bash", [*base, "--mode", "="]) == list(lb.NAT_MODE_NAMES.values())
+    assert _complete("bash", [*base, "--mode", "=", "on"]) == ["onearm"]
+    assert _complete("bash", [*base, "--select", "=", "p"]) == ["priority", "persist"]
+    assert _complete("bash", [*base, "--select", "=", "hash", "--mo"]) == ["--mode",
+                                                                          "--monitor"]
+    assert _complete("bash", ["loxicmd", "get", "ct", "--state", "=", "udp"]) == \
+        ["udp-uni", "udp-est"]
+    assert _complete("bash", ["loxicmd", "help", "get", "lb"]) == ["lbversion"]
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_issue15_15_zsh_fish_complete_option_equals_value(shell: str) -> None:
+    # one word `--mode=on`, replaced (zsh) or matched (fish) whole: whole words back
+    base = ["loxicmd", "create", "lb", "1.1.1.1"]
+    assert _complete(shell, [*base, "--mode=on"]) == ["--mode=onearm"]
+    assert _complete(shell, [*base, "--select=p"]) == ["--select=priority", "--select=persist"]
+    assert _complete(shell, [*base, "--select", "p"]) == ["priority", "persist"]
+
+
+def test_issue15_15_help_says_what_loxilbd_refuses() -> None:
+    from loxicmd.agent import health, model
+
+    text = " ".join(_run("create", "lb", "--help").stdout.split())
+    for flag in ("--sctp", "--bgp", "--secips", "--host"):
+        assert f"({lb.NOT_IN_LOXILBD})" in text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+    assert f"NAT mode (dsr, fullproxy, hostonearm: {lb.NOT_IN_LOXILBD})" in text
+    assert f"Endpoint selection (n2, n3: {lb.NOT_IN_LOXILBD})" in text
+    assert f"Monitor probe type (sctp: {lb.NOT_IN_LOXILBD})" in text
+    text = " ".join(_run("create", "ep", "--help").stdout.split())
+    assert f"Probe type (sctp: {lb.NOT_IN_LOXILBD})" in text
+    # the lists are the agent's refusals, no more, no less
+    assert set(lb.UNSUPPORTED_MODES) == {name for code, name in lb.NAT_MODE_NAMES.items()
+                                         if code not in model.SUPPORTED_MODES}
+    assert set(lb.UNSUPPORTED_SELECTIONS) == {name for code, name in lb.SELECTION_NAMES.items()
+                                              if code not in model.SUPPORTED_SEL}
+    assert set(lb.UNSUPPORTED_PROBE_TYPES) == set(lb.PROBE_TYPES) - set(model.PROBE_TYPES)
+    assert set(model.PROBE_TYPES) == set(health.PROBE_TYPES)
+    assert "sctp" not in model.SUPPORTED_PROTOCOLS
+
+
+def test_issue15_15_delete_ep_alias_resolves() -> None:
+    for noun in ("ep", "endpoints", "endpoint"):
+        result = _run("delete", noun, "198.18.1.2")
+        assert result.exit_code == 3, result.stderr  # resolved and sent

@@ -15,9 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from datapath import layouts as L
 from loxicmd.api import wire
-from loxicmd.names import API_BASE_PATH, PROTOCOLS
+from loxicmd.names import API_BASE_PATH, CONNTRACK_STATES, PROTOCOLS
 
 from .config_api import SUCCESS, config_router, json_body
 from .endpoints import EndpointTable
@@ -103,10 +102,9 @@ def _positive(value: str, field: str, hi: int = 1_000_000) -> int:
 
 
 def _ct_state(value: str) -> str:
-    states = list(dict.fromkeys(L.CT_STATE_NAMES.values()))
-    if value not in states:
+    if value not in CONNTRACK_STATES:
         raise InvalidInput("state", f"{value!r} is not a conntrack state; "
-                           f"allowed: {', '.join(states)}")
+                           f"allowed: {', '.join(CONNTRACK_STATES)}")
     return value
 
 

@@ -85,7 +85,10 @@ def parse_endpoint_config(body: Any) -> EndpointConfig:
     return EndpointConfig(_str(b, "name", "") or _name(spec), spec)
 
 
-def config_to_api(cfg: EndpointConfig, status: ProbeStatus | None) -> dict[str, Any]:
+def config_to_api(cfg: EndpointConfig, status: ProbeStatus | None,
+                  rule_probe: bool = False) -> dict[str, Any]:
+    """The API's EndPoint; `rule_probe`: a probe only monitored rules made (it goes and
+    comes with them; `save` leaves it out)."""
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}ms"
 
@@ -98,6 +101,7 @@ def config_to_api(cfg: EndpointConfig, status: ProbeStatus | None) -> dict[str, 
         "avgDelay": ms(status.avg_delay_ms if status else None),
         "maxDelay": ms(status.max_delay_ms if status else None),
         "currState": status.state if status else "ok",
+        "ruleProbe": rule_probe,
     }
 
 
@@ -180,7 +184,7 @@ class EndpointTable:
                     for cfg in self.configs.values()]
             for spec in sorted(set(self.watch.values()) - shown, key=_name):
                 rows.append(config_to_api(EndpointConfig(_name(spec), spec),
-                                          self.monitor.status(spec)))
+                                          self.monitor.status(spec), rule_probe=True))
         return sorted(rows, key=lambda r: (int(ipaddress.ip_address(r["hostName"])), r["name"]))
 
     # -- host states ----------------------------------------------------------

@@ -183,6 +183,7 @@ SCHEMAS: tuple[Schema, ...] = (
                                  maximum=100),
     }),
     Schema("EndPointGetEntry", "An endpoint probe and what it found.", {
+        "ruleProbe": Field("boolean", "Made by monitored rules (goes and comes with them)"),
         "hostName": Field("string", format="ipv4"),
         "name": Field("string"),
         "probeType": Field("string"),

@@ -16,6 +16,9 @@ import click
 
 PORT_MIN = 1
 PORT_MAX = 65535
+# A target port of 0 keeps the port the client used (ranges such as 8001-8100:0).
+TARGET_PORT_MIN = 0
+TARGET_PORT_HINT = "0 keeps the client's port"
 WEIGHT_MIN = 1
 WEIGHT_MAX = 255
 
@@ -29,6 +32,17 @@ class PortMap:
     port: int
     port_max: int | None
     target: int
+
+    @property
+    def last(self) -> int:
+        return self.port if self.port_max is None else self.port_max
+
+    def overlaps(self, other: PortMap) -> bool:
+        return self.port <= other.last and other.port <= self.last
+
+    def __str__(self) -> str:
+        ports = str(self.port) if self.port_max is None else f"{self.port}-{self.port_max}"
+        return f"{ports}:{self.target}"
 
 
 @dataclass(frozen=True)
@@ -84,13 +98,15 @@ def split_list(values: str | Iterable[str], field: str | None = None) -> list[st
     return items
 
 
-def _int(text: str, what: str, lo: int, hi: int) -> int:
+def _int(text: str, what: str, lo: int, hi: int, hint: str = "") -> int:
+    """``hint`` says what a special value means (``0 keeps the client's port``)."""
     stripped = text.strip()
+    note = f" ({hint})" if hint else ""
     if not stripped.isascii() or not stripped.isdigit():
-        raise _Invalid(f"{what} must be an integer {lo}..{hi}")
+        raise _Invalid(f"{what} must be an integer {lo}..{hi}{note}")
     value = int(stripped)
     if not lo <= value <= hi:
-        raise _Invalid(f"{what} must be {lo}..{hi}")
+        raise _Invalid(f"{what} must be {lo}..{hi}{note}")
     return value
 
 
@@ -120,14 +136,15 @@ def _port_map(item: str) -> PortMap:
     if not sep or not ports.strip():
         raise _Invalid("expected <port>[-<max>]:<targetport>")
     rng = _port_range(ports)
-    return PortMap(rng.port, rng.port_max, _int(target, "target port", PORT_MIN, PORT_MAX))
+    return PortMap(rng.port, rng.port_max,
+                   _int(target, "target port", TARGET_PORT_MIN, PORT_MAX, TARGET_PORT_HINT))
 
 
 def _delete_port_range(item: str) -> PortRange:
     """``<port>[-<max>]``; a ``:<target>`` suffix (as given to create) is accepted and ignored."""
     ports, sep, target = item.partition(":")
     if sep:
-        _int(target, "target port", PORT_MIN, PORT_MAX)
+        _int(target, "target port", TARGET_PORT_MIN, PORT_MAX, TARGET_PORT_HINT)
     return _port_range(ports)
 
 
@@ -137,17 +154,51 @@ def _endpoint(item: str) -> Endpoint:
     if not sep or not ip_text:
         raise _Invalid(f"expected <ip>:<weight> (weight {WEIGHT_MIN}..{WEIGHT_MAX})")
     weight = _int(weight_text, "weight", WEIGHT_MIN, WEIGHT_MAX)
-    return Endpoint(_ip(ip_text, "endpoint address"), weight)
+    return Endpoint(_usable_ip(ip_text, "an endpoint", "endpoint address"), weight)
 
 
 def _ip(text: str, what: str = "address") -> str:
     bare = text.strip()
     if bare.startswith("[") and bare.endswith("]"):
         bare = bare[1:-1]
+    if not bare:
+        raise _Invalid(f"no address given; allowed: an IPv4 or IPv6 {what}")
     try:
         return str(ipaddress.ip_address(bare))
     except ValueError:
         raise _Invalid(f"not a valid IPv4 or IPv6 {what}") from None
+
+
+def unusable_reason(address: str) -> str:
+    """Why ``address`` (canonical) cannot carry a service's traffic, or ""."""
+    addr = ipaddress.ip_address(address)
+    if addr.is_unspecified:
+        return "the unspecified address"
+    if addr.version == 4 and int(addr) == 0xFFFFFFFF:
+        return "the broadcast address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr.is_loopback:
+        return "a loopback address"
+    return ""
+
+
+def _usable_ip(text: str, role: str, what: str) -> str:
+    """An address that can be ``role`` (a service address, an endpoint): unicast and not
+    loopback; the datapath never sees traffic to or from the others."""
+    allowed = f"allowed: a unicast, non-loopback IPv4 or IPv6 {what}"
+    if not text.strip().strip("[]"):
+        raise _Invalid(f"no address given; {allowed}")
+    address = _ip(text, what)
+    reason = unusable_reason(address)
+    if reason:
+        raise _Invalid(f"{reason} cannot be {role}; {allowed}")
+    return address
+
+
+def _service_ip(text: str) -> str:
+    """The external (virtual) IP of a rule."""
+    return _usable_ip(text, "a service address", "address")
 
 
 def _cidr(text: str) -> str:
@@ -173,6 +224,7 @@ parse_delete_port_range = _checked(_delete_port_range)
 parse_endpoint = _checked(_endpoint)
 parse_cidr = _checked(_cidr)
 parse_service_name = _checked(_service_name)
+parse_service_ip = _checked(_service_ip)
 
 
 def parse_ip(text: str, field: str | None = None) -> str:
@@ -190,6 +242,17 @@ def parse_port(text: str, field: str | None = None) -> int:
 def parse_port_maps(values: str | Iterable[str], field: str | None = None) -> list[PortMap]:
     """``80:8080,81:8081`` -> two mappings (never one range)."""
     return [parse_port_map(item, field) for item in split_list(values, field)]
+
+
+def check_no_overlap(maps: Iterable[PortMap], field: str | None = None) -> None:
+    """Mappings of one protocol make one rule each: two whose ports overlap would be the
+    same rule twice (the later silently replacing the earlier), so they are refused."""
+    ordered = sorted(maps, key=lambda m: (m.port, m.last))
+    for earlier, later in zip(ordered, ordered[1:], strict=False):
+        if earlier.overlaps(later):
+            raise click.BadParameter(
+                f"'{earlier}' and '{later}' overlap; allowed: port ranges that do not "
+                "overlap (one rule each)", param_hint=field)
 
 
 def parse_port_ranges(values: str | Iterable[str], field: str | None = None) -> list[PortRange]:
@@ -212,11 +275,13 @@ class ParsedType(click.ParamType, Generic[T]):
     """Adapts one of the pure parsers above to a click parameter type.
 
     click then attaches the flag name to the BadParameter, so messages name it.
+    ``allowed`` describes a good value for the message when the parameter is missing.
     """
 
-    def __init__(self, name: str, parser: Callable[[str], T]) -> None:
+    def __init__(self, name: str, parser: Callable[[str], T], allowed: str = "") -> None:
         self.name = name
         self._parser = parser
+        self.allowed = allowed
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> T:
@@ -229,7 +294,9 @@ class ParsedType(click.ParamType, Generic[T]):
             raise
 
 
-IP = ParsedType("ip", parse_ip)
+IP = ParsedType("ip", parse_ip, "an IPv4 or IPv6 address")
+SERVICE_IP = ParsedType("ip", parse_service_ip,
+                        "a unicast, non-loopback IPv4 or IPv6 address (e.g. 198.18.100.1)")
 IP_LIST = ParsedType("ip[,ip...]", parse_ips)
 CIDR_LIST = ParsedType("cidr[,cidr...]", parse_cidrs)
 PORT_MAPS = ParsedType("port[-max]:target[,...]", parse_port_maps)

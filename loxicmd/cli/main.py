@@ -80,6 +80,17 @@ def _param_hint(exc: click.BadParameter) -> str:
     return "argument"
 
 
+def _missing(exc: click.MissingParameter) -> str:
+    """``missing EXTERNAL-IP; allowed: ...``: click's own text says only that it is
+    missing, and BadParameter's ``message`` is empty for it."""
+    text = f"missing {_param_hint(exc)}"
+    param_type = exc.param.type if exc.param is not None else None
+    allowed = getattr(param_type, "allowed", "")
+    if isinstance(param_type, click.Choice):
+        allowed = ", ".join(map(str, param_type.choices))
+    return f"{text}; allowed: {allowed}" if allowed else text
+
+
 def _fail(message: str, code: int) -> int:
     click.echo(f"loxicmd: {message}", err=True)
     return code
@@ -93,7 +104,11 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "version": ("loxicmd.cli.misc", "version_cmd", "Show loxicmd's version."),
     "completion": ("loxicmd.cli.misc", "completion_cmd",
                    "Print a shell completion script (bash, zsh, fish)."),
+    "help": ("loxicmd.cli.misc", "help_cmd",
+             "Show the help of loxicmd or of a command (as --help does)."),
 }
+
+COMPLETE_VAR = "_LOXICMD_COMPLETE"
 
 
 class RootGroup(click.Group):
@@ -126,6 +141,11 @@ class RootGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> int:
+        if os.environ.get(complete_var or COMPLETE_VAR):
+            # Completing (the shell called us): our completion classes, only then.
+            from loxicmd.cli.complete import register_completion_classes
+
+            register_completion_classes()
         code = self._run(args, prog_name or "loxicmd", complete_var, **extra)
         if standalone_mode:
             sys.exit(code)
@@ -143,6 +163,11 @@ class RootGroup(click.Group):
         except click.exceptions.NoArgsIsHelpError as exc:
             click.echo(exc.format_message(), err=True)
             return EXIT_USAGE
+        except click.MissingParameter as exc:
+            code = _fail(_missing(exc), EXIT_USAGE)
+            if exc.ctx is not None:
+                click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+            return code
         except click.BadParameter as exc:
             return _fail(f"invalid value for {_param_hint(exc)}: {exc.message}", EXIT_USAGE)
         except click.UsageError as exc:

@@ -78,7 +78,8 @@ def _lb_sa(value: Any, where: str) -> dict[str, Any]:
 
 
 def _lb_endpoint(value: Any, where: str) -> dict[str, Any]:
-    ep = schema.check({"endpointIP": address, "targetPort": schema.PORT,
+    # targetPort 0 keeps the port the client used (ranges such as 8001-8100:0)
+    ep = schema.check({"endpointIP": address, "targetPort": integer(0, 65535),
                        "weight": integer(1, 255), "state": text, "counter": text},
                       value, where, required=("endpointIP",))
     ep.pop("state", None)  # output only
@@ -136,7 +137,7 @@ def _lb_delete(rule: dict[str, Any]) -> Call:
                           sa.get("host", "")), query=query)
 
 
-_EP_OUTPUT = ("minDelay", "avgDelay", "maxDelay", "currState")
+_EP_OUTPUT = ("minDelay", "avgDelay", "maxDelay", "currState", "ruleProbe")
 
 
 def check_endpoint(spec: Any, where: str) -> dict[str, Any]:

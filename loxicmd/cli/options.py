@@ -188,13 +188,16 @@ def perform(s: Settings, calls: Sequence[Call]) -> int:
 
     An agent error is printed (``loxicmd: <label>: agent error (HTTP 409): ...``) and the next
     call still goes; an unreachable agent raises AgentUnreachable at once (exit 3).
-    With ``-o json``/``-o yaml`` each result body is printed.
+    With ``-o json``/``-o yaml`` one document is printed: for one call its result body, for
+    several one list of the result bodies of those that succeeded, in call order (so that
+    ``jq`` or a YAML loader reads the output whole).
     """
-    from loxicmd.cli.client import AgentRefused
-    from loxicmd.cli.render import print_result
+    from loxicmd.cli.client import AgentRefused, AgentUnreachable
+    from loxicmd.cli.render import print_result, print_results
 
     client = s.client()
     worst = 0
+    results: list[tuple[Any, str]] = []
     for call in calls:
         try:
             resp = client.request(call.method, call.path, query=call.query, body=call.body)
@@ -202,5 +205,14 @@ def perform(s: Settings, calls: Sequence[Call]) -> int:
             print(f"loxicmd: {call.label}: {exc}", file=sys.stderr)
             worst = max(worst, 1)
             continue
-        print_result(s.output, resp.data, resp.text)
+        except AgentUnreachable:
+            if len(calls) > 1:
+                print_results(s.output, results)  # what was done before, then exit 3
+            raise
+        if len(calls) == 1:
+            print_result(s.output, resp.data, resp.text)
+        else:
+            results.append((resp.data, resp.text))
+    if len(calls) > 1:
+        print_results(s.output, results)
     return worst

@@ -176,6 +176,15 @@ def print_result(output: str, raw: Any, text: str = "", *, out: TextIO | None = 
         print(to_yaml(raw) if raw is not None else text, file=out)
 
 
+def print_results(output: str, results: Sequence[tuple[Any, str]], *,
+                  out: TextIO | None = None) -> None:
+    """Results of several mutations (parsed body, raw text): nothing unless ``-o json`` /
+    ``-o yaml``, then one list of the bodies (a body that is not JSON as its text)."""
+    if output in ("json", "yaml"):
+        bodies = [raw if raw is not None else text for raw, text in results]
+        print_result(output, bodies, out=out)
+
+
 def render_pages(
     pages: Iterable[Any],
     list_key: str,

@@ -115,6 +115,9 @@ def save_objects(kind: manifest.Kind, body: Any, path: Path) -> int:
     write nothing (1) when one has a field this loxicmd does not know (it could not post
     it back)."""
     objects = (body or {}).get(kind.list_key or "") or []
+    # Probes the agent made for monitored rules come back with their rules: saved as
+    # endpoint configurations they would outlive the rules.
+    objects = [o for o in objects if not (isinstance(o, dict) and o.get("ruleProbe"))]
     try:
         saved = [kind.check(obj, f"{kind.list_key}[{i}]") for i, obj in enumerate(objects)]
     except Invalid as exc:

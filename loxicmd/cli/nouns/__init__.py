@@ -39,7 +39,7 @@ NOUNS: tuple[Noun, ...] = (
          ("get",), "Connection-tracking entries."),
     Noun("endpoint", "endpoint", ("ep", "endpoints"),
          ("get", "create", "delete"), "Endpoint health probes."),
-    Noun("hastate", "ha", ("ha",), ("get", "set"), "HA instance states."),
+    Noun("hastate", "ha", ("ha",), ("get", "set", "delete"), "HA instance states."),
     Noun("bgpneighbor", "bgpneighbor", ("bgpnei", "bgpneigh"),
          ("get", "create", "delete"), "BGP neighbors."),
     Noun("bgpglobal", "bgpglobal", (), ("get", "create"), "BGP global settings."),

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from loxicmd.cli import args
+from loxicmd.cli.complete import rule_names
 from loxicmd.cli.options import global_options, settings
 from loxicmd.cli.render import Column, ip_key, render, render_pages
+from loxicmd.names import CONNTRACK_STATES
 
 if TYPE_CHECKING:
     from loxicmd.cli.client import Client
@@ -105,11 +107,13 @@ def show(stream: Iterator[dict[str, Any]], limit: int | None, output: str, *,
 
 
 @click.command("conntrack")
-@click.option("--servName", "serv_name", metavar="NAME", help="Only this service's entries.")
+@click.option("--servName", "serv_name", metavar="NAME", shell_complete=rule_names,
+              help="Only this service's entries.")
 @click.option("--ip", type=args.IP, help="Only entries with this source or destination IP.")
 @click.option("--port", "ct_port", type=args.PORT,
               help="Only entries with this source or destination port (the agent port is -p).")
-@click.option("--state", help="Only entries in this state (est, closed, udp-est, ...).")
+@click.option("--state", type=click.Choice(CONNTRACK_STATES), metavar="STATE",
+              help=f"Only entries in this state: {', '.join(CONNTRACK_STATES)}.")
 @click.option("--limit", type=args.int_type("limit", 1, 2**31 - 1),
               help="At most this many entries.")
 @global_options(skip={"--port"})

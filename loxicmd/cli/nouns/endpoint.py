@@ -8,11 +8,14 @@ import click
 
 from loxicmd.cli import args
 from loxicmd.cli.listing import Listing
+from loxicmd.cli.nouns.lb import NOT_IN_LOXILBD, PROBE_TYPES, UNSUPPORTED_PROBE_TYPES
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column, ip_key
 
 PATH = "/config/endpoint"
-PROBE_TYPES = ("ping", "tcp", "udp", "sctp", "http", "https", "none")
+# Probe types without a port: the agent refuses a port with them and requires one (1..65535)
+# with every other type.
+PORTLESS_PROBE_TYPES = ("ping", "none")
 
 LISTING = Listing(
     "endpoint", f"{PATH}/all", "Attr",
@@ -41,12 +44,29 @@ def body(ip: str, name: str | None, probetype: str, probeport: int | None,
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def check_probe_port(probetype: str, probeport: int | None, ctx: click.Context) -> None:
+    """What the agent would refuse about --probeport, refused here before anything is sent."""
+    if probetype in PORTLESS_PROBE_TYPES:
+        if probeport is not None:
+            default = " (the default)" if probetype == "ping" else ""
+            raise click.UsageError(
+                f"--probeport={probeport} is not used by --probetype={probetype}{default}; "
+                "allowed: --probeport with --probetype="
+                + "|".join(t for t in PROBE_TYPES if t not in PORTLESS_PROBE_TYPES), ctx)
+    elif probeport is None:
+        raise click.UsageError(f"--probeport is missing: --probetype={probetype} needs the "
+                               "port to probe; allowed: 1..65535", ctx)
+
+
 @click.command("endpoint")
 @click.argument("ip", metavar="IP", type=args.IP)
 @click.option("--name", help="Endpoint name (agent default <ip>_<probetype>_<probeport>).")
 @click.option("--probetype", type=click.Choice(PROBE_TYPES), default="ping",
-              show_default=True, help="Probe type.")
-@click.option("--probeport", type=args.PORT, help="Probe port (tcp/udp/sctp/http/https).")
+              show_default=True,
+              help=f"Probe type ({', '.join(UNSUPPORTED_PROBE_TYPES)}: {NOT_IN_LOXILBD}).")
+@click.option("--probeport", type=args.PORT,
+              help="Probe port; required with tcp/udp/sctp/http/https, not allowed with "
+              "ping/none.")
 @click.option("--probereq", metavar="TEXT", help="Probe request (http/https/udp).")
 @click.option("--proberesp", metavar="TEXT", help="Expected probe response.")
 @click.option("--period", type=args.int_type("period", 1, 86400, "SECONDS"),
@@ -59,6 +79,7 @@ def create_endpoint(ctx: click.Context, ip: str, name: str | None, probetype: st
                     probeport: int | None, probereq: str | None, proberesp: str | None,
                     period: int | None, retries: int | None) -> None:
     """Create a health probe for the endpoint IP."""
+    check_probe_port(probetype, probeport, ctx)
     payload = body(ip, name, probetype, probeport, probereq, proberesp, period, retries)
     ctx.exit(perform(settings(ctx), [Call(f"create endpoint {ip}", "POST", PATH,
                                           body=payload)]))

@@ -34,7 +34,21 @@ def set_hastate(ctx: click.Context, instance: str, state: str, vip: str | None) 
     ctx.exit(perform(settings(ctx), [Call(f"set hastate {instance}", "POST", PATH, body=body)]))
 
 
+@click.command("hastate")
+@click.argument("instance")
+@global_options()
+@click.pass_context
+def delete_hastate(ctx: click.Context, instance: str) -> None:
+    """Forget the HA instance INSTANCE (one set by mistake, or whose keepalived instance is
+    gone; `default` is always there)."""
+    from loxicmd.cli.client import segment
+
+    call = Call(f"delete hastate {instance}", "DELETE", f"{PATH}/instance/{segment(instance)}")
+    ctx.exit(perform(settings(ctx), [call]))
+
+
 COMMANDS: dict[str, click.Command] = {
     "get": LISTING.command("List HA instance states (-o wide adds VIP and SYNC)."),
     "set": set_hastate,
+    "delete": delete_hastate,
 }

@@ -21,6 +21,13 @@ MARK_MAX = 2**32 - 1
 OPER_CREATE, OPER_ATTACH, OPER_DETACH = 0, 1, 2
 PROBE_TYPES = ("ping", "tcp", "udp", "sctp", "http", "https", "none")
 
+# What loxilbd refuses today (400 naming the field). The CLI still sends them, so that the
+# agent names the refusal and an agent that carries them out gets them; --help says so.
+NOT_IN_LOXILBD = "not supported by loxilbd yet"
+UNSUPPORTED_MODES = ("dsr", "fullproxy", "hostonearm")
+UNSUPPORTED_SELECTIONS = ("n2", "n3")
+UNSUPPORTED_PROBE_TYPES = ("sctp",)
+
 PATH = "/config/loadbalancer"
 PATH_ALL = "/config/loadbalancer/all"
 
@@ -134,6 +141,15 @@ def rule_key(rule: Mapping[str, Any]) -> tuple[Any, ...]:
             str(sa.get("protocol", "")), sa.get("block") or 0, str(sa.get("host") or ""))
 
 
+def with_service_name(body: Any, name: str) -> Any:
+    """The agent's rule list ``body`` with only the rules named ``name`` (every other
+    field kept, order unchanged): ``get lb --servName``."""
+    if not isinstance(body, dict) or not isinstance(body.get("lbAttr"), list):
+        return body
+    kept = [r for r in body["lbAttr"] if isinstance(r, dict) and _sa(r).get("name") == name]
+    return {**body, "lbAttr": kept}
+
+
 def sorted_rules(body: Any) -> list[Mapping[str, Any]]:
     rules = body.get("lbAttr") if isinstance(body, dict) else None
     return sorted((r for r in rules or [] if isinstance(r, dict)), key=rule_key)
@@ -175,7 +191,7 @@ def build_rules(
     monitor: bool = False,
     inactive_timeout: int | None = None,
     mark: int = 0,
-    name: str = "",
+    name: str | None = None,
     host: str = "",
     sources: Sequence[str] = (),
     secips: Sequence[str] = (),
@@ -197,6 +213,13 @@ def build_rules(
     unknown = set(ports) - set(PROTOCOLS)
     if unknown:
         raise ValueError(f"unknown protocol(s): {sorted(unknown)}")
+    for proto, maps in ports.items():
+        args.check_no_overlap(maps, f"--{proto}")
+    for ep in endpoints:
+        if ep.ip == external_ip:
+            raise click.BadParameter(
+                f"'{ep.ip}:{ep.weight}': {ep.ip} is EXTERNAL-IP itself; allowed: addresses "
+                "behind the load balancer", param_hint="--endpoints")
 
     plan: list[tuple[str, PortMap]] = [
         (proto, pm) for proto in PROTOCOLS for pm in ports.get(proto, ())
@@ -212,7 +235,9 @@ def build_rules(
         sa.update(protocol=proto, sel=sel_code, mode=mode_code, bgp=bgp, monitor=monitor)
         if inactive_timeout is not None:
             sa["inactiveTimeOut"] = inactive_timeout
-        sa.update(block=mark, name=name, host=host)
+        sa.update(block=mark, host=host)
+        if name is not None:  # left out: an update keeps the rule's name
+            sa["name"] = name
         if oper != OPER_CREATE:
             sa["oper"] = oper
         sa.update(probe or {})
@@ -266,29 +291,42 @@ _MODES = list(NAT_MODE_NAMES.values())
 _SELS = list(SELECTION_NAMES.values())
 
 
+def _unsupported(values: Sequence[str]) -> str:
+    return f"{', '.join(values)}: {NOT_IN_LOXILBD}"
+
+
 @click.command("loadbalancer")
+@click.option("--servName", "serv_name", metavar="NAME", shell_complete=rule_names,
+              help="Only the rules of this service (name as given to create --name).")
 @global_options()
 @click.pass_context
-def get_lb(ctx: click.Context) -> None:
+def get_lb(ctx: click.Context, serv_name: str | None) -> None:
     """List load-balancer rules (-o wide: one line per endpoint)."""
     s = settings(ctx)
-    show(s.client().get(PATH_ALL).data, s.output)
+    body = s.client().get(PATH_ALL).data
+    show(body if serv_name is None else with_service_name(body, serv_name), s.output)
 
 
 @click.command("loadbalancer")
-@click.argument("external_ip", metavar="EXTERNAL-IP", type=args.IP, shell_complete=rule_ips)
+@click.argument("external_ip", metavar="EXTERNAL-IP", type=args.SERVICE_IP,
+                shell_complete=rule_ips)
 @click.option("--tcp", multiple=True, type=args.PORT_MAPS,
-              help="TCP <port>[-<max>]:<targetport>, comma list or repeated; one rule each.")
+              help="TCP <port>[-<max>]:<targetport>, comma list or repeated; one rule each "
+              "(ranges must not overlap). Target port 0 keeps the client's port "
+              "(8001-8100:0).")
 @click.option("--udp", multiple=True, type=args.PORT_MAPS, help="UDP port mappings.")
-@click.option("--sctp", multiple=True, type=args.PORT_MAPS, help="SCTP port mappings.")
+@click.option("--sctp", multiple=True, type=args.PORT_MAPS,
+              help=f"SCTP port mappings ({NOT_IN_LOXILBD}).")
 @click.option("--icmp", is_flag=True, help="An ICMP rule.")
 @click.option("--endpoints", multiple=True, type=args.ENDPOINTS,
-              help="<ip>:<weight>,... (weight 1..255; split at the last colon).")
+              help="<ip>:<weight>,... (weight 1..255; split at the last colon; unicast, "
+              "not loopback, not EXTERNAL-IP).")
 @click.option("--mode", type=click.Choice(_MODES), default="default", show_default=True,
-              help="NAT mode.")
+              help=f"NAT mode ({_unsupported(UNSUPPORTED_MODES)}).")
 @click.option("--select", type=click.Choice(_SELS), default="rr", show_default=True,
-              help="Endpoint selection.")
-@click.option("--bgp", is_flag=True, help="Advertise the address with BGP.")
+              help=f"Endpoint selection ({_unsupported(UNSUPPORTED_SELECTIONS)}).")
+@click.option("--bgp", is_flag=True,
+              help=f"Advertise the address with BGP ({NOT_IN_LOXILBD}).")
 @click.option("--monitor", is_flag=True, help="Health-check the endpoints.")
 @click.option("--inatimeout", type=args.int_type("timeout", 0, 86400, "SECONDS"),
               help="Idle timeout of connections (agent default when omitted).")
@@ -299,14 +337,17 @@ def get_lb(ctx: click.Context) -> None:
 @click.option("--sources", multiple=True, type=args.CIDR_LIST,
               help="Allowed source prefixes, comma list.")
 @click.option("--secips", multiple=True, type=args.IP_LIST,
-              help="Secondary external IPs (SCTP multi-homing), comma list.")
-@click.option("--host", default="", help="Host (URL) of the rule.")
+              help=f"Secondary external IPs (SCTP multi-homing), comma list "
+              f"({NOT_IN_LOXILBD}).")
+@click.option("--host", default="", help=f"Host (URL) of the rule ({NOT_IN_LOXILBD}).")
 @click.option("--attachEP", "attach_ep", is_flag=True,
               help="Add the --endpoints to existing rules instead of replacing them.")
 @click.option("--detachEP", "detach_ep", is_flag=True,
               help="Remove the --endpoints from existing rules.")
-@click.option("--probetype", type=click.Choice(PROBE_TYPES), help="Monitor probe type.")
-@click.option("--probeport", type=args.PORT, help="Monitor probe port.")
+@click.option("--probetype", type=click.Choice(PROBE_TYPES),
+              help=f"Monitor probe type ({_unsupported(UNSUPPORTED_PROBE_TYPES)}).")
+@click.option("--probeport", type=args.PORT,
+              help="Monitor probe port (default: each endpoint's target port).")
 @click.option("--probereq", metavar="TEXT", help="Monitor probe request (http/https/udp).")
 @click.option("--proberesp", metavar="TEXT", help="Expected probe response.")
 @global_options()
@@ -335,7 +376,7 @@ def create_lb(ctx: click.Context, external_ip: str, tcp: tuple[list[PortMap], ..
     bodies = build_rules(
         external_ip, ports=ports, icmp=icmp, endpoints=eps, mode=mode,
         select=select, bgp=bgp, monitor=monitor, inactive_timeout=inatimeout, mark=mark,
-        name=name or "", host=host, sources=args.flatten(sources), secips=args.flatten(secips),
+        name=name, host=host, sources=args.flatten(sources), secips=args.flatten(secips),
         oper=oper, probe={k: v for k, v in probe.items() if v is not None},
     )
     calls = [Call(rule_label("create", b), "POST", PATH, body=b) for b in bodies]

@@ -23,8 +23,10 @@ def duration(seconds: Any) -> str:
     return "".join(parts) + f"{rest}s"
 
 
-def mebibytes(value: Any) -> str:
-    return f"{value / 2**20:.1f}MiB" if isinstance(value, int) else str(value or "")
+def kibibytes(value: Any) -> str:
+    """LoxiLB's memory fields: KiB as a decimal string (as `top` shows them)."""
+    text = str(value or "")
+    return f"{int(text) / 1024:.1f}MiB" if text.isdigit() else text
 
 
 def _get(key: str, fmt: Any) -> Any:
@@ -34,8 +36,8 @@ def _get(key: str, fmt: Any) -> Any:
 LISTING = Listing(
     "process", "/status/process", "processAttr",
     (Column("PID", "pid"), Column("UPTIME", _get("uptimeSeconds", duration)),
-     Column("RSS", _get("rss", mebibytes)), Column("THREADS", "threads"),
-     Column("FDS", "openFds"), Column("LOG LEVEL", "logLevel")),
+     Column("RSS", _get("residentSize", kibibytes)), Column("CPU%", "CPUUsage"),
+     Column("THREADS", "threads"), Column("FDS", "openFds"), Column("LOG LEVEL", "logLevel")),
     wide=(Column("STATE DIR", "stateDir"), Column("PIN DIR", "pinDir"),
           Column("COMMAND", "command")),
 )
