@@ -215,10 +215,9 @@ def test_update_without_a_name_keeps_the_name(topo: Topology, node: LbNode) -> N
 
 
 def test_an_ha_instance_set_by_mistake_can_be_removed(node: LbNode) -> None:
-    assert node.api("POST", "/config/cistate", {"instance": "nosuch", "state": "MASTER"}
-                    )[0] == 200
-    status, answer = node.api("DELETE", "/config/cistate/instance/nosuch")
-    assert (status, answer) == (200, {"result": "Success"})
+    node.loxicmd("set", "hastate", "nosuch", "MASTER", check=True)
+    cp = node.loxicmd("delete", "hastate", "nosuch")
+    assert cp.returncode == 0 and cp.stdout == "", cp.stderr
     status, listed = node.api("GET", "/config/cistate/all")
     assert [i["instance"] for i in listed["Attr"]] == ["default"]
     status, answer = node.api("DELETE", "/config/cistate/instance/nosuch")
