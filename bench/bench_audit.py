@@ -28,19 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datapath.layouts import (  # noqa: E402
-    EV_CLOSED,
-    EV_EST,
-    EV_NEW,
-    NAT_FULLNAT,
-    XLATE_DADDR,
-    XLATE_DPORT,
-    XLATE_SADDR,
-    XLATE_SPORT,
+    EventType,
     LbEvent,
+    NatMode,
+    Xlate,
     ip_to_be32,
     port_to_be16,
 )
-from loxicmd.agent.audit import AuditLog  # noqa: E402
+from loxicmd.agent.events.audit import AuditLog  # noqa: E402
 
 
 def make_events(flows: int) -> list[LbEvent]:
@@ -57,19 +52,19 @@ def make_events(flows: int) -> list[LbEvent]:
         o = ev.orig
         o.xlate_daddr = ip_to_be32(f"198.18.{10 + i % 8}.2")
         o.xlate_dport = port_to_be16(8443)
-        o.xlate = XLATE_DADDR | XLATE_DPORT
+        o.xlate = Xlate.DADDR | Xlate.DPORT
         if i % 2:
             o.xlate_saddr = ip_to_be32(f"198.18.{10 + i % 8}.1")
             o.xlate_sport = port_to_be16(32768 + i % 28000)
-            o.xlate |= XLATE_SADDR | XLATE_SPORT
-            o.nat_mode = ev.reply.nat_mode = NAT_FULLNAT
+            o.xlate |= Xlate.SADDR | Xlate.SPORT
+            o.nat_mode = ev.reply.nat_mode = NatMode.FULLNAT
         o.created_ns = ev.reply.created_ns = t0 + i * 10_000  # 100,000 new flows/s
-        for etype, state, ts in ((EV_NEW, 1, 0), (EV_EST, 3, 300_000),
-                                 (EV_CLOSED, 0, 2_000_000_000)):
+        for etype, state, ts in ((EventType.NEW, 1, 0), (EventType.EST, 3, 300_000),
+                                 (EventType.CLOSED, 0, 2_000_000_000)):
             e = LbEvent.from_buffer_copy(ev)
             e.type, e.ts_ns = etype, t0 + i * 10_000 + ts
             e.orig.state = e.reply.state = state
-            if etype == EV_CLOSED:
+            if etype == EventType.CLOSED:
                 e.reason = 1
                 e.orig.last_seen_ns = e.reply.last_seen_ns = e.ts_ns
                 e.orig.packets, e.orig.bytes = 10 + i % 7, 1500 + i % 1000

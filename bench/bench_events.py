@@ -18,7 +18,7 @@ from dp_harness import DpHarness, lb_body  # noqa: E402
 
 from datapath import layouts as L  # noqa: E402
 from datapath.libbpf import RingBuffer  # noqa: E402
-from loxicmd.agent.audit import AuditLog  # noqa: E402
+from loxicmd.agent.events.audit import AuditLog  # noqa: E402
 
 
 def _fill(h: DpHarness, flows: int, start: int) -> None:

@@ -43,7 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from lab import Lab, Netns, start_backend  # noqa: E402
 
-from loxicmd.agent.health import HealthMonitor, ProbeSpec  # noqa: E402
+from loxicmd.agent.health.monitor import HealthMonitor  # noqa: E402
+from loxicmd.agent.health.probes import NoneProbe, ProbeKind  # noqa: E402
+from loxicmd.agent.health.spec import ProbeSpec  # noqa: E402
 
 MON_IP, SRV_IP = "198.18.30.1", "198.18.30.2"
 TCP_PORT, HTTP_PORT = 7070, 8080
@@ -64,11 +66,12 @@ _ACCEPTOR = textwrap.dedent(
 )
 
 
-class NoIoMonitor(HealthMonitor):
-    """The same monitor, whose probe returns at once: the scheduling cost alone."""
+class NoIoProbe(NoneProbe):
+    """A probe that returns at once: the monitor's scheduling cost alone."""
 
-    async def _probe(self, spec: ProbeSpec) -> float | None:
-        return None
+
+def no_io_kinds() -> dict[str, ProbeKind]:
+    return {ptype: NoIoProbe() for ptype in ("tcp", "udp", "http", "https", "ping", "none")}
 
 
 def addresses(n: int) -> list[str]:
@@ -102,8 +105,8 @@ def run_variant(mon: Netns, name: str, n: int, args: argparse.Namespace) -> dict
     specs = [ProbeSpec(host=a, ptype=ptype, port=port, interval_s=INTERVAL, timeout_s=TIMEOUT,
                        retries=RETRIES) for a in addresses(n)]
     changes: list[tuple[ProbeSpec, bool]] = []
-    cls = NoIoMonitor if name == "noio" else HealthMonitor
-    monitor = cls(lambda s, h: changes.append((s, h)), netns=mon.path)
+    monitor = HealthMonitor(lambda s, h: changes.append((s, h)), netns=mon.path,
+                            **({"kinds": no_io_kinds} if name == "noio" else {}))
     monitor.start()
     try:
         for spec in specs:

@@ -82,17 +82,17 @@ def fill_flows(ct: BpfMap, flows: int, *, vip: str, vport: int, ep: str, eport: 
             cport_be = L.port_to_be16(cport)
             okey = (caddr, vip_be, cport_be, vport_be, tcp)
             rkey = (ep_be, snat_be or caddr, eport_be, cport_be, tcp)
-            oxl = L.XLATE_DADDR | L.XLATE_DPORT | (L.XLATE_SADDR | L.XLATE_SPORT if snat else 0)
-            rxl = L.XLATE_SADDR | L.XLATE_SPORT | (L.XLATE_DADDR | L.XLATE_DPORT if snat else 0)
+            oxl = L.Xlate.DADDR | L.Xlate.DPORT | (L.Xlate.SADDR | L.Xlate.SPORT if snat else 0)
+            rxl = L.Xlate.SADDR | L.Xlate.SPORT | (L.Xlate.DADDR | L.Xlate.DPORT if snat else 0)
             _KEY.pack_into(keys, 2 * j * _KEY.size, *okey)
             _KEY.pack_into(keys, (2 * j + 1) * _KEY.size, *rkey)
             _ENTRY.pack_into(vals, 2 * j * _ENTRY.size, *rkey,
                              snat_be, ep_be, cport_be if snat else 0, eport_be,
-                             rule_id, slot, 3600, 0, L.CT_DIR_ORIGINAL, L.CT_EST, 0, oxl,
-                             L.CT_F_COUNTED, 2 if snat else 0, now, now, 10, 1000)
+                             rule_id, slot, 3600, 0, L.CtDir.ORIGINAL, L.CtState.EST, 0, oxl,
+                             L.CtFlags.COUNTED, 2 if snat else 0, now, now, 10, 1000)
             _ENTRY.pack_into(vals, (2 * j + 1) * _ENTRY.size, *okey,
                              vip_be, caddr if snat else 0, vport_be, cport_be if snat else 0,
-                             rule_id, slot, 3600, 0, L.CT_DIR_REPLY, L.CT_EST, 0, rxl,
+                             rule_id, slot, 3600, 0, L.CtDir.REPLY, L.CtState.EST, 0, rxl,
                              0, 2 if snat else 0, now, now, 10, 1000)
         karr = (L.LbCtKey * (2 * n)).from_buffer(keys)
         varr = (L.LbCtEntry * (2 * n)).from_buffer(vals)

@@ -51,9 +51,10 @@ from scapy.layers.inet import IP, TCP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 
 from datapath.libbpf import prog_test_run  # noqa: E402
-from loxicmd.agent.dataplane import Dataplane, unpin  # noqa: E402
-from loxicmd.agent.rules import RuleTable  # noqa: E402
-from loxicmd.agent.store import StateStore  # noqa: E402
+from loxicmd.agent.dataplane.dataplane import Dataplane  # noqa: E402
+from loxicmd.agent.dataplane.pins import unpin  # noqa: E402
+from loxicmd.agent.lb.table import RuleTable  # noqa: E402
+from loxicmd.agent.store.journal import StateStore  # noqa: E402
 
 VIP, CLIENT = "198.18.100.1", "198.18.1.2"
 

@@ -1,6 +1,6 @@
 """ctypes mirrors of the map layouts in include/lb_types.h.
 
-tests/test_layouts_btf.py checks every class in STRUCTS against the BTF of the
+tests/dp/test_layouts_btf.py checks every class in STRUCTS against the BTF of the
 built object (size and field offsets), so an edit on one side only fails the
 tests instead of corrupting maps.
 """
@@ -8,6 +8,7 @@ tests instead of corrupting maps.
 from __future__ import annotations
 
 import ctypes
+import enum
 import socket
 import struct
 
@@ -21,61 +22,140 @@ LB_PERSIST_ENTRIES = 65536
 LB_ALLOW_ENTRIES = 16384
 LB_EVENTS_BYTES = 4 * 1024 * 1024
 
-SEL_RR, SEL_HASH, SEL_PRIORITY, SEL_PERSIST, SEL_LC = 0, 1, 2, 3, 4
-NAT_DEFAULT, NAT_ONEARM, NAT_FULLNAT = 0, 1, 2
 
-SVC_F_ALLOWLIST = 0x1
-EP_F_ACTIVE = 0x1
+# The enums of lb_types.h (tests/dp/test_layouts_btf.py checks names and values against the
+# object's BTF). Their words, where the API or the audit log shows them, are in
+# loxicmd/names.py.
 
-CT_DIR_ORIGINAL = 0
-CT_DIR_REPLY = 1
 
-XLATE_SADDR = 0x1
-XLATE_DADDR = 0x2
-XLATE_SPORT = 0x4
-XLATE_DPORT = 0x8
+class Sel(enum.IntEnum):
+    """enum lb_sel: endpoint selection."""
 
-CT_F_COUNTED = 0x1
-CT_F_REPORTED_CLOSED = 0x2
+    RR = 0
+    HASH = 1
+    PRIORITY = 2
+    PERSIST = 3
+    LC = 4
 
-CT_CLOSED = 0
-CT_EST = 3
-CT_STATE_NAMES: dict[int, str] = {
-    0: "closed",
-    1: "sync-sent",
-    2: "sync-ack",
-    3: "est",
-    4: "fini",
-    5: "closed-wait",
-    16: "udp-uni",
-    17: "udp-est",
-    32: "req-sent",
-    33: "bidir",
+
+class NatMode(enum.IntEnum):
+    """enum lb_nat_mode."""
+
+    DEFAULT = 0
+    ONEARM = 1
+    FULLNAT = 2
+
+
+class SvcFlags(enum.IntFlag):
+    """enum lb_svc_flags (lb_svc.flags)."""
+
+    ALLOWLIST = 0x1
+
+
+class EpFlags(enum.IntFlag):
+    """enum lb_ep_flags (lb_endpoint.flags)."""
+
+    ACTIVE = 0x1
+
+
+class CtDir(enum.IntEnum):
+    """enum lb_ct_dir."""
+
+    ORIGINAL = 0
+    REPLY = 1
+
+
+class Xlate(enum.IntFlag):
+    """enum lb_xlate: which fields of a packet a conntrack entry rewrites."""
+
+    SADDR = 0x1
+    DADDR = 0x2
+    SPORT = 0x4
+    DPORT = 0x8
+
+
+class CtFlags(enum.IntFlag):
+    """enum lb_ct_flags (lb_ct_entry.flags)."""
+
+    COUNTED = 0x1
+    REPORTED_CLOSED = 0x2
+
+
+class CtState(enum.IntEnum):
+    """enum lb_ct_state."""
+
+    CLOSED = 0
+    SYN_SENT = 1
+    SYN_ACK = 2
+    EST = 3
+    FINI = 4
+    CLOSED_WAIT = 5
+    UDP_UNI = 16
+    UDP_EST = 17
+    ICMP_REQ = 32
+    ICMP_BIDIR = 33
+
+
+class EventType(enum.IntEnum):
+    """enum lb_event_type."""
+
+    NEW = 1
+    EST = 2
+    CLOSED = 3
+    EXPIRED = 4
+
+
+class Reason(enum.IntEnum):
+    """enum lb_reason: why a flow ended."""
+
+    NONE = 0
+    FIN = 1
+    RST = 2
+    TIMEOUT = 3
+    EP_REMOVED = 4
+    RULE_DELETED = 5
+    EP_DOWN = 6
+
+
+class DpStat(enum.IntEnum):
+    """enum lb_dp_stat: the keys of lb_dp_stats."""
+
+    DROP_NO_ENDPOINT = 0
+    DROP_MALFORMED = 1
+    DROP_REWRITE = 2
+    STAT_PASS_FRAGMENT = 3
+    DROP_SOURCE = 4
+    DROP_CT_FULL = 5
+    DROP_SNAT_PORTS = 6
+    STAT_EVENTS_LOST = 7
+
+
+class SweepMode(enum.IntEnum):
+    """enum lb_sweep_mode: what a run of lb_sweep ends."""
+
+    IDLE = 0
+    RULE = 1
+    ENDPOINT = 2
+
+
+LB_DP_STAT_MAX = len(DpStat)
+
+# C enum name -> (mirror, prefix of its constants' names in C).
+ENUMS: dict[str, tuple[type[enum.Enum], str]] = {
+    "lb_sel": (Sel, "LB_SEL_"),
+    "lb_nat_mode": (NatMode, "LB_NAT_"),
+    "lb_svc_flags": (SvcFlags, "LB_SVC_F_"),
+    "lb_ep_flags": (EpFlags, "LB_EP_F_"),
+    "lb_ct_dir": (CtDir, "LB_CT_DIR_"),
+    "lb_xlate": (Xlate, "LB_XLATE_"),
+    "lb_ct_flags": (CtFlags, "LB_CT_F_"),
+    "lb_ct_state": (CtState, "LB_CT_"),
+    "lb_event_type": (EventType, "LB_EV_"),
+    "lb_reason": (Reason, "LB_REASON_"),
+    "lb_dp_stat": (DpStat, "LB_"),
+    "lb_sweep_mode": (SweepMode, "LB_SWEEP_"),
 }
 
-EV_NEW, EV_EST, EV_CLOSED, EV_EXPIRED = 1, 2, 3, 4
-EVENT_NAMES = {EV_NEW: "new", EV_EST: "established", EV_CLOSED: "closed", EV_EXPIRED: "expired"}
-REASON_NAMES = {0: "", 1: "fin", 2: "rst", 3: "timeout", 4: "endpoint removed",
-                5: "rule deleted", 6: "endpoint down"}
-REASON_EP_DOWN = 6
-
-SWEEP_IDLE, SWEEP_RULE, SWEEP_ENDPOINT = 0, 1, 2
-
-# lb_dp_stats indexes
-DP_STAT_NAMES: dict[int, str] = {
-    0: "no-endpoint",
-    1: "malformed",
-    2: "rewrite-failed",
-    3: "fragment-passed",
-    4: "source-not-allowed",
-    5: "ct-full",
-    6: "snat-ports-exhausted",
-    7: "events-lost",
-}
-LB_DP_STAT_MAX = 8
-
-IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMP}
-PROTO_NAMES = {v: k for k, v in IPPROTO.items()}
 
 
 class LbSvcKey(ctypes.Structure):
@@ -100,7 +180,7 @@ class LbSvc(ctypes.Structure):
     ]
 
 
-class LbRule(ctypes.Structure):
+class LbRuleSlots(ctypes.Structure):
     _fields_ = [
         ("ep_count", ctypes.c_uint16),
         ("pad", ctypes.c_uint16),
@@ -204,7 +284,7 @@ class LbEvent(ctypes.Structure):
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb_svc_key": LbSvcKey,
     "lb_svc": LbSvc,
-    "lb_rule": LbRule,
+    "lb_rule_slots": LbRuleSlots,
     "lb_endpoint": LbEndpoint,
     "lb_rule_state": LbRuleState,
     "lb_counter": LbCounter,
@@ -224,7 +304,7 @@ U8 = ctypes.c_uint8
 # where user space does not read values (map-in-map, ring buffer).
 MAPS: dict[str, tuple[type | None, type | None]] = {
     "lb_services": (LbSvcKey, LbSvc),
-    "lb_rules": (U32, LbRule),
+    "lb_rules": (U32, LbRuleSlots),
     "lb_endpoints": (U32, LbEndpoint),
     "lb_rule_state": (U32, LbRuleState),
     "lb_maglev": (U32, U32),  # value: the inner table's fd on update, its id on lookup
@@ -245,8 +325,6 @@ def ip_to_be32(ip: str) -> int:
     return struct.unpack("=I", socket.inet_aton(ip))[0]
 
 
-def be32_to_ip(value: int) -> str:
-    return socket.inet_ntoa(struct.pack("=I", value))
 
 
 def port_to_be16(port: int) -> int:

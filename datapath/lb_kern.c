@@ -140,7 +140,7 @@ int lb_ingress(struct __sk_buff *skb)
 
 struct lb_sweep_ctx {
 	__u64 now;
-	__u32 mode;
+	enum lb_sweep_mode mode;
 	__u32 target;
 	__u32 reason;
 	__u32 ended;
@@ -196,9 +196,14 @@ int lb_sweep(struct __sk_buff *skb)
 	return sc.ended;
 }
 
-/* The agent reads struct lb_event from the ring buffer, which has no value
- * type; this global makes clang emit its BTF so tests can check the Python
- * mirror against it. */
-struct lb_event lb_event_btf_anchor __attribute__((unused));
+/* Types user space reads that no map declares: struct lb_event comes from the
+ * ring buffer, which has no value type, and two flag sets live in plain integer
+ * fields. This global makes clang emit their BTF, so that the tests can check
+ * the Python mirrors against it. */
+struct {
+	struct lb_event event;
+	enum lb_svc_flags svc_flags;
+	enum lb_ct_flags ct_flags;
+} lb_btf_anchor __attribute__((unused));
 
 char LICENSE[] SEC("license") = "GPL";

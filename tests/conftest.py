@@ -1,17 +1,23 @@
-"""Shared fixtures: the network-namespace lab (see tests/lab.py and shared/spec/lab.md)."""
+"""Shared fixtures: the network-namespace lab (see tests/lab.py and shared/spec/lab.md).
+
+Tests live in subdirectories that mirror the code's rooms; the lab, the agent-process and
+test-run helpers stay here, importable from any of them."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from dp_harness import DpHarness
-from lab import Lab, Topology, close_all_labs, run_root, tcplb_topology
-from lbnode import LbNode
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+from dp_harness import DpHarness  # noqa: E402
+from lab import Lab, Topology, close_all_labs, run_root, tcplb_topology  # noqa: E402
+from lbnode import LbNode  # noqa: E402
 
 _netns_problem: str | None = None
 _netns_checked = False

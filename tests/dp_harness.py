@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import struct
 import subprocess
 import uuid
 from pathlib import Path
@@ -23,9 +24,11 @@ from scapy.packet import Packet
 
 from datapath import layouts as L
 from datapath.libbpf import RingBuffer, prog_test_run
-from loxicmd.agent.dataplane import Dataplane, unpin
-from loxicmd.agent.rules import RuleTable
-from loxicmd.agent.store import StateStore
+from loxicmd.agent.conntrack.listing import FlowListing
+from loxicmd.agent.dataplane.dataplane import Dataplane
+from loxicmd.agent.dataplane.pins import unpin
+from loxicmd.agent.lb.table import RuleTable
+from loxicmd.agent.store.journal import StateStore
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -131,7 +134,7 @@ class DpHarness:
     def set_active(self, ip: str, active: bool, port: int = 8080) -> None:
         slot = self.slot_of(ip, port)
         ep = self.dp.maps["lb_endpoints"].lookup(slot)
-        ep.flags = L.EP_F_ACTIVE if active else 0
+        ep.flags = L.EpFlags.ACTIVE if active else 0
         self.dp.maps["lb_endpoints"].update(slot, ep)
 
     # -- packets ----------------------------------------------------------
@@ -174,10 +177,29 @@ class DpHarness:
         return got
 
     def flows(self) -> list[dict[str, Any]]:
-        return self.table.api_conntrack()
+        return FlowListing(self.table).all()
+
+    def rule_counters(self, rule_id: int) -> tuple[int, int]:
+        """Packets and bytes the datapath counted for a rule (all CPUs)."""
+        per_cpu = self.dp.maps["lb_rule_stats"].lookup(rule_id) or []
+        return (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+
+    def endpoint_load(self, slot: int) -> int:
+        """Open flows the datapath counts for an endpoint (least connections)."""
+        return endpoint_load(self.dp, slot)
 
     def drops(self, reason: str) -> int:
         return self.dp.drop_counters()[reason][0]
+
+
+def endpoint_load(dp: Dataplane, slot: int) -> int:
+    load = dp.maps["lb_ep_load"].lookup(slot)
+    return load.active if load else 0
+
+
+def ip_of(be32: int) -> str:
+    """The address a __be32 field holds."""
+    return socket.inet_ntoa(struct.pack("=I", be32))
 
 
 def lb_body(port: int = 2020, proto: str = "tcp", eps: list[str] | None = None,

@@ -15,8 +15,7 @@ from typing import Any
 
 from lab import Lab, Netns, wait_for
 
-from loxicmd.agent.dataplane import unpin
-from loxicmd.agent.main import PIN_ROOT
+from loxicmd.agent.dataplane.pins import PIN_ROOT, unpin
 
 _ports = itertools.count(21000 + (os.getpid() % 500) * 20)
 
@@ -33,6 +32,7 @@ class LbNode:
     starts: int = 0
     node: str | None = None  # set: started with --node (maps under /sys/fs/bpf/loxilb/NODE)
     extra_args: tuple[str, ...] = ()
+    ct_entries: int | None = 16384  # None: no --ct-entries
 
     def __post_init__(self) -> None:
         if self.state_dir is None:
@@ -45,12 +45,17 @@ class LbNode:
     def log_path(self) -> Path:
         return self.lab.workdir / f"loxilbd-{self.ns.name}-{self.starts}.log"
 
+    def argv(self) -> list[str]:
+        """The agent's command line."""
+        return ["loxilbd", "--port", str(self.port), "--state-dir", str(self.state_dir),
+                *self.pin_args, "--interfaces", ",".join(self.interfaces),
+                *(("--ct-entries", str(self.ct_entries)) if self.ct_entries else ()),
+                "--log-level", "debug", *self.extra_args]
+
     def start(self) -> LbNode:
         self.starts += 1
         self.proc = self.ns.popen(
-            "loxilbd", "--port", str(self.port), "--state-dir", str(self.state_dir),
-            *self.pin_args, "--interfaces", ",".join(self.interfaces),
-            "--ct-entries", "16384", "--log-level", "debug", *self.extra_args,
+            *self.argv(),
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),  # noqa: SIM115
         )
         wait_for(self._ready, timeout=20, what=f"loxilbd ready on port {self.port}")

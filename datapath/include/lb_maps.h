@@ -18,7 +18,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LB_MAX_RULES);
 	__type(key, __u32);
-	__type(value, struct lb_rule);
+	__type(value, struct lb_rule_slots);
 } lb_rules SEC(".maps");
 
 struct {
@@ -102,7 +102,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_DP_STAT_MAX);
-	__type(key, __u32);
+	__type(key, enum lb_dp_stat);
 	__type(value, struct lb_counter);
 } lb_dp_stats SEC(".maps");
 

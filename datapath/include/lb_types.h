@@ -2,7 +2,7 @@
 /* Map key/value layouts and constants shared by the kernel program and user space.
  *
  * This header is the single definition: datapath/layouts.py mirrors these
- * structs with ctypes and tests/test_layouts_btf.py compares both against the
+ * structs with ctypes and tests/dp/test_layouts_btf.py compares both against the
  * BTF of the built object, so the two cannot drift apart.
  * Addresses and ports are kept in network byte order (as on the wire).
  */
@@ -21,49 +21,70 @@
 #define LB_ALLOW_ENTRIES 16384
 #define LB_EVENTS_BYTES (4 * 1024 * 1024)
 
-/* lb_svc.sel */
-#define LB_SEL_RR 0
-#define LB_SEL_HASH 1
-#define LB_SEL_PRIORITY 2 /* weighted */
-#define LB_SEL_PERSIST 3
-#define LB_SEL_LC 4
+/* Enums rather than #defines: BTF carries them, and the Python mirrors in
+ * datapath/layouts.py are checked against the object's BTF (names and values).
+ * Those a one-byte field holds are packed (one byte, the field's size). */
+#define LB_PACKED __attribute__((packed))
 
-/* lb_svc.nat_mode */
-#define LB_NAT_DEFAULT 0 /* DNAT, client source preserved */
-#define LB_NAT_ONEARM 1  /* + source = the LB's address towards the endpoint */
-#define LB_NAT_FULLNAT 2 /* + source = the rule's private IP, else as onearm */
+/* lb_svc.sel: endpoint selection (the API's `sel` codes) */
+enum LB_PACKED lb_sel {
+	LB_SEL_RR = 0,
+	LB_SEL_HASH = 1,
+	LB_SEL_PRIORITY = 2, /* weighted */
+	LB_SEL_PERSIST = 3,
+	LB_SEL_LC = 4,
+};
+
+/* lb_svc.nat_mode, lb_ct_entry.nat_mode (the API's `mode` codes) */
+enum LB_PACKED lb_nat_mode {
+	LB_NAT_DEFAULT = 0, /* DNAT, client source preserved */
+	LB_NAT_ONEARM = 1,  /* + source = the LB's address towards the endpoint */
+	LB_NAT_FULLNAT = 2, /* + source = the rule's private IP, else as onearm */
+};
 
 /* lb_svc.flags */
-#define LB_SVC_F_ALLOWLIST 0x1 /* only sources in lb_allow may open flows */
+enum lb_svc_flags {
+	LB_SVC_F_ALLOWLIST = 0x1, /* only sources in lb_allow may open flows */
+};
 
 /* lb_endpoint.flags */
-#define LB_EP_F_ACTIVE 0x1
+enum LB_PACKED lb_ep_flags {
+	LB_EP_F_ACTIVE = 0x1,
+};
 
 /* lb_ct_entry.dir */
-#define LB_CT_DIR_ORIGINAL 0 /* client -> VIP */
-#define LB_CT_DIR_REPLY 1    /* endpoint -> client (or -> SNAT address) */
+enum LB_PACKED lb_ct_dir {
+	LB_CT_DIR_ORIGINAL = 0, /* client -> VIP */
+	LB_CT_DIR_REPLY = 1,    /* endpoint -> client (or -> SNAT address) */
+};
 
-/* lb_ct_entry.xlate: which fields of a packet the entry rewrites */
-#define LB_XLATE_SADDR 0x1
-#define LB_XLATE_DADDR 0x2
-#define LB_XLATE_SPORT 0x4
-#define LB_XLATE_DPORT 0x8
+/* lb_ct_entry.xlate: which fields of a packet the entry rewrites (bits) */
+enum LB_PACKED lb_xlate {
+	LB_XLATE_SADDR = 0x1,
+	LB_XLATE_DADDR = 0x2,
+	LB_XLATE_SPORT = 0x4,
+	LB_XLATE_DPORT = 0x8,
+};
 
-/* lb_ct_entry.flags (original-direction entry) */
-#define LB_CT_F_COUNTED 0x1 /* counted in lb_ep_load of its endpoint */
-#define LB_CT_F_REPORTED_CLOSED 0x2 /* a CLOSED event went out already */
+/* lb_ct_entry.flags (original-direction entry; bits, changed atomically) */
+enum lb_ct_flags {
+	LB_CT_F_COUNTED = 0x1,         /* counted in lb_ep_load of its endpoint */
+	LB_CT_F_REPORTED_CLOSED = 0x2, /* a CLOSED event went out already */
+};
 
-/* lb_ct_entry.state (names in datapath/layouts.py CT_STATE_NAMES) */
-#define LB_CT_CLOSED 0
-#define LB_CT_SYN_SENT 1
-#define LB_CT_SYN_ACK 2
-#define LB_CT_EST 3
-#define LB_CT_FINI 4
-#define LB_CT_CLOSED_WAIT 5
-#define LB_CT_UDP_UNI 16
-#define LB_CT_UDP_EST 17
-#define LB_CT_ICMP_REQ 32
-#define LB_CT_ICMP_BIDIR 33
+/* lb_ct_entry.state (their words are the API's, in loxicmd/names.py) */
+enum LB_PACKED lb_ct_state {
+	LB_CT_CLOSED = 0,
+	LB_CT_SYN_SENT = 1,
+	LB_CT_SYN_ACK = 2,
+	LB_CT_EST = 3,
+	LB_CT_FINI = 4,
+	LB_CT_CLOSED_WAIT = 5,
+	LB_CT_UDP_UNI = 16,
+	LB_CT_UDP_EST = 17,
+	LB_CT_ICMP_REQ = 32,
+	LB_CT_ICMP_BIDIR = 33,
+};
 
 /* Idle timeouts of the TCP states that are not "established" (seconds);
  * the rule's own timeout applies when it is shorter. */
@@ -72,35 +93,43 @@
 #define LB_CT_CLOSED_TIMEOUT_S 10
 
 /* lb_event.type */
-#define LB_EV_NEW 1
-#define LB_EV_EST 2
-#define LB_EV_CLOSED 3  /* by the endpoints: FIN both ways, or RST */
-#define LB_EV_EXPIRED 4 /* by the LB: idle timeout, endpoint removed, rule deleted */
+enum LB_PACKED lb_event_type {
+	LB_EV_NEW = 1,
+	LB_EV_EST = 2,
+	LB_EV_CLOSED = 3,  /* by the endpoints: FIN both ways, or RST */
+	LB_EV_EXPIRED = 4, /* by the LB: idle timeout, endpoint removed, rule deleted */
+};
 
 /* lb_event.reason */
-#define LB_REASON_NONE 0
-#define LB_REASON_FIN 1
-#define LB_REASON_RST 2
-#define LB_REASON_TIMEOUT 3
-#define LB_REASON_EP_REMOVED 4
-#define LB_REASON_RULE_DELETED 5
-#define LB_REASON_EP_DOWN 6      /* endpoint forced down (host state red) */
+enum LB_PACKED lb_reason {
+	LB_REASON_NONE = 0,
+	LB_REASON_FIN = 1,
+	LB_REASON_RST = 2,
+	LB_REASON_TIMEOUT = 3,
+	LB_REASON_EP_REMOVED = 4,
+	LB_REASON_RULE_DELETED = 5,
+	LB_REASON_EP_DOWN = 6, /* endpoint forced down (host state red) */
+};
 
-/* lb_dp_stats index: what the datapath dropped or passed without handling */
-#define LB_DROP_NO_ENDPOINT 0  /* rule matched, no active endpoint */
-#define LB_DROP_MALFORMED 1    /* headers truncated or inconsistent (passed, counted) */
-#define LB_DROP_REWRITE 2      /* a helper failed while rewriting */
-#define LB_STAT_PASS_FRAGMENT 3 /* IPv4 fragment passed untouched */
-#define LB_DROP_SOURCE 4       /* source not in the rule's allow-list */
-#define LB_DROP_CT_FULL 5      /* conntrack refused the new flow */
-#define LB_DROP_SNAT_PORTS 6   /* no free source port for one-arm/fullNAT */
-#define LB_STAT_EVENTS_LOST 7  /* conntrack events the agent had no room for */
+/* lb_dp_stats key: what the datapath dropped or passed without handling */
+enum lb_dp_stat {
+	LB_DROP_NO_ENDPOINT = 0,   /* rule matched, no active endpoint */
+	LB_DROP_MALFORMED = 1,     /* headers truncated or inconsistent (passed, counted) */
+	LB_DROP_REWRITE = 2,       /* a helper failed while rewriting */
+	LB_STAT_PASS_FRAGMENT = 3, /* IPv4 fragment passed untouched */
+	LB_DROP_SOURCE = 4,        /* source not in the rule's allow-list */
+	LB_DROP_CT_FULL = 5,       /* conntrack refused the new flow */
+	LB_DROP_SNAT_PORTS = 6,    /* no free source port for one-arm/fullNAT */
+	LB_STAT_EVENTS_LOST = 7,   /* conntrack events the agent had no room for */
+};
 #define LB_DP_STAT_MAX 8
 
 /* lb_sweep program modes (skb->cb[0] of the test-run that drives it) */
-#define LB_SWEEP_IDLE 0       /* expire idle flows */
-#define LB_SWEEP_RULE 1       /* end every flow of rule cb[1] */
-#define LB_SWEEP_ENDPOINT 2   /* end every flow to endpoint slot cb[1], reason cb[2] */
+enum lb_sweep_mode {
+	LB_SWEEP_IDLE = 0,     /* expire idle flows */
+	LB_SWEEP_RULE = 1,     /* end every flow of rule cb[1] */
+	LB_SWEEP_ENDPOINT = 2, /* end every flow to endpoint slot cb[1], reason cb[2] */
+};
 
 /* Service map key: what a client packet is matched on. */
 struct lb_svc_key {
@@ -114,16 +143,16 @@ struct lb_svc_key {
 /* Service map value: the rule a key belongs to and how it forwards. */
 struct lb_svc {
 	__u32 rule_id;
-	__u8 sel;
-	__u8 nat_mode;
-	__u16 flags;
+	enum lb_sel sel;
+	enum lb_nat_mode nat_mode;
+	__u16 flags;       /* enum lb_svc_flags */
 	__u32 timeout_s;   /* idle timeout of its flows */
 	__u32 persist_s;   /* lifetime of a persist binding */
 	__be32 snat_addr;  /* fullNAT source (privateIP); 0: the endpoint's snat_addr */
 };
 
 /* A rule's endpoints: slots into lb_endpoints, sorted by address. */
-struct lb_rule {
+struct lb_rule_slots {
 	__u16 ep_count;
 	__u16 pad;
 	__u32 slots[LB_MAX_ENDPOINTS];
@@ -135,7 +164,7 @@ struct lb_endpoint {
 	__be32 addr;
 	__be16 port;       /* 0: keep the packet's destination port */
 	__u8 weight;
-	__u8 flags;
+	enum lb_ep_flags flags;
 	__be32 snat_addr;  /* the LB's address on the way to this endpoint */
 	__u32 rule_id;
 };
@@ -199,12 +228,12 @@ struct lb_ct_entry {
 	__u32 ep_slot;
 	__u32 timeout_s;  /* the rule's idle timeout */
 	__u32 seq_next;   /* TCP: next sequence number expected from this direction */
-	__u8 dir;
-	__u8 state;
+	enum lb_ct_dir dir;
+	enum lb_ct_state state;
 	__u8 fin_seen;    /* bit per direction that sent a FIN */
-	__u8 xlate;       /* LB_XLATE_* */
-	__u32 flags;      /* LB_CT_F_*; atomic */
-	__u8 nat_mode;
+	enum lb_xlate xlate;
+	__u32 flags;      /* enum lb_ct_flags; changed atomically */
+	enum lb_nat_mode nat_mode;
 	__u8 pad[3];
 	__u64 created_ns;
 	__u64 last_seen_ns;
@@ -215,8 +244,8 @@ struct lb_ct_entry {
 /* A conntrack event for the agent: both entries, enough to recreate the flow
  * on another node (the reply entry's key is orig.peer). */
 struct lb_event {
-	__u8 type;
-	__u8 reason;
+	enum lb_event_type type;
+	enum lb_reason reason;
 	__u16 pad;
 	__u32 rule_id;
 	__u64 ts_ns;

@@ -22,7 +22,7 @@ static __always_inline struct lb_endpoint *lb_endpoint_usable(__u32 slot, __u32 
 	return NULL;
 }
 
-static __always_inline __u32 lb_rule_slot(const struct lb_rule *rule, __u64 n)
+static __always_inline __u32 lb_rule_slot(const struct lb_rule_slots *rule, __u64 n)
 {
 	return rule->slots[(n % rule->ep_count) & (LB_MAX_ENDPOINTS - 1)];
 }
@@ -46,7 +46,7 @@ static __always_inline __u32 lb_hash_tuple(const struct lb_ct_key *t)
 
 /* Round robin: one shared cursor per rule, advanced atomically so that
  * consecutive flows rotate strictly whichever CPU they arrive on. */
-static __always_inline __u32 lb_select_rr(__u32 rule_id, const struct lb_rule *rule)
+static __always_inline __u32 lb_select_rr(__u32 rule_id, const struct lb_rule_slots *rule)
 {
 	struct lb_rule_state *rs = bpf_map_lookup_elem(&lb_rule_state, &rule_id);
 	__u64 start;
@@ -67,7 +67,7 @@ static __always_inline __u32 lb_select_rr(__u32 rule_id, const struct lb_rule *r
 }
 
 /* Consistent hashing: the agent's Maglev table maps hash buckets to slots. */
-static __always_inline __u32 lb_select_hash(__u32 rule_id, const struct lb_rule *rule,
+static __always_inline __u32 lb_select_hash(__u32 rule_id, const struct lb_rule_slots *rule,
 					    const struct lb_pkt *pkt)
 {
 	void *table = bpf_map_lookup_elem(&lb_maglev, &rule_id);
@@ -87,7 +87,7 @@ static __always_inline __u32 lb_select_hash(__u32 rule_id, const struct lb_rule 
 }
 
 /* Weighted: an endpoint is chosen with probability weight / total weight. */
-static __always_inline __u32 lb_select_weighted(__u32 rule_id, const struct lb_rule *rule)
+static __always_inline __u32 lb_select_weighted(__u32 rule_id, const struct lb_rule_slots *rule)
 {
 	__u32 total = 0, pick;
 
@@ -113,7 +113,7 @@ static __always_inline __u32 lb_select_weighted(__u32 rule_id, const struct lb_r
 }
 
 /* Least connections: fewest active flows; ties broken from a rotating start. */
-static __always_inline __u32 lb_select_lc(__u32 rule_id, const struct lb_rule *rule)
+static __always_inline __u32 lb_select_lc(__u32 rule_id, const struct lb_rule_slots *rule)
 {
 	struct lb_rule_state *rs = bpf_map_lookup_elem(&lb_rule_state, &rule_id);
 	__u64 best_load = ~0ULL, start;
@@ -139,7 +139,7 @@ static __always_inline __u32 lb_select_lc(__u32 rule_id, const struct lb_rule *r
 
 /* Persist: a client address keeps its endpoint while the binding is used
  * within the rule's persist lifetime; new bindings are made round robin. */
-static __always_inline __u32 lb_select_persist(__u32 rule_id, const struct lb_rule *rule,
+static __always_inline __u32 lb_select_persist(__u32 rule_id, const struct lb_rule_slots *rule,
 					       const struct lb_svc *svc,
 					       const struct lb_pkt *pkt, __u64 now)
 {
@@ -163,7 +163,7 @@ static __always_inline __u32 lb_select(const struct lb_svc *svc, const struct lb
 				       __u64 now)
 {
 	__u32 rule_id = svc->rule_id;
-	struct lb_rule *rule = bpf_map_lookup_elem(&lb_rules, &rule_id);
+	struct lb_rule_slots *rule = bpf_map_lookup_elem(&lb_rules, &rule_id);
 
 	if (!rule || rule->ep_count == 0 || rule->ep_count > LB_MAX_ENDPOINTS)
 		return LB_NO_SLOT;

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -17,27 +16,15 @@ import click
 
 from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
 
+from .dataplane.pins import PIN_ROOT, ensure_bpffs
+
 if TYPE_CHECKING:
-    from .dataplane import Dataplane
-    from .endpoints import EndpointTable
-    from .rules import RuleTable
+    from .rest.app import AgentParts
+    from .store.journal import StateStore
 
 log = logging.getLogger("loxilbd")
 
-BPFFS = "/sys/fs/bpf"
-PIN_ROOT = f"{BPFFS}/loxilb"  # a node's maps go in PIN_ROOT/NODE
 ROUTE_RECHECK_S = 5.0
-
-
-def ensure_bpffs() -> None:
-    """Mount bpffs at /sys/fs/bpf when it is not (pins need it)."""
-    with open("/proc/self/mounts") as f:
-        if any(line.split()[1:3] == [BPFFS, "bpf"] for line in f):
-            return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise click.ClickException(f"cannot mount bpffs at {BPFFS}: {os.strerror(err)}")
 
 
 def _interfaces(value: str) -> list[str] | None:
@@ -97,10 +84,10 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pin_dir = bpffs_dir or f"{PIN_ROOT}/{node}"
-    ensure_bpffs()
-
-    from .dataplane import Dataplane, NodeBusy, NodeLock, interfaces_in_namespace
-
+    try:
+        ensure_bpffs()
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
     if cleanup:
         _cleanup(pin_dir, node, bpffs_dir is None)
         return
@@ -110,9 +97,9 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
 
     import uvicorn
 
-    from .api import create_app
-    from .rules import RuleTable
-    from .store import StateDirBusy, StateStore
+    from .dataplane.pins import NodeBusy, NodeLock
+    from .rest.app import create_app
+    from .store.journal import StateDirBusy, StateStore
 
     try:
         store = StateStore(state_dir)
@@ -124,25 +111,17 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             stack.callback(NodeLock(pin_dir, node).close)
         except NodeBusy as exc:
             raise click.ClickException(str(exc)) from None
-        _ensure_forwarding(keep_sysctls)
-        dp: Dataplane | None = None
         try:
-            dp = Dataplane(pin_dir, ct_entries=ct_entries)
-            stack.callback(dp.close)
-            table = RuleTable(dp, store)
-            endpoints = _health_checks(stack, table, state_dir)
-            restored = table.restore()
-            _start_conntrack_workers(stack, dp, table, Path(state_dir), audit_max_mb,
-                                     audit_backups)
-            dp.attach(ifnames if ifnames is not None else interfaces_in_namespace())
+            parts = _build(stack, store, pin_dir, ct_entries, ifnames,
+                           Path(state_dir), audit_max_mb * 1024 * 1024, audit_backups)
         except (OSError, ValueError) as exc:
-            if dp is not None:
-                dp.detach_all()
             raise click.ClickException(str(exc)) from None
+        dp = parts.rules.dp
+        _ensure_forwarding(keep_sysctls, list(dp.attached))
         log.info("datapath on %s, maps in %s, %d rules restored from %s",
-                 ", ".join(dp.attached) or "no interface", pin_dir, restored, state_dir)
-        server = uvicorn.Server(uvicorn.Config(create_app(table, token, endpoints), host=host,
-                                               port=port,
+                 ", ".join(dp.attached) or "no interface", pin_dir, len(parts.rules.records),
+                 state_dir)
+        server = uvicorn.Server(uvicorn.Config(create_app(parts, token), host=host, port=port,
                                                log_level="warning", access_log=False,
                                                lifespan="off"))
         # uvicorn handles SIGTERM/SIGINT while it runs and re-raises them to the
@@ -158,10 +137,73 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             raise click.ClickException(f"could not serve the API on {host}:{port}")
 
 
+def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
+           ct_entries: int | None, ifnames: list[str] | None, state_dir: Path,
+           audit_max_bytes: int, audit_backups: int) -> AgentParts:
+    """The agent's parts, wired: the datapath, the rule table and its observers (endpoint
+    health), the readers of conntrack events (audit log, resets), the timers; restored
+    from the state directory, then attached. Each part is stopped by `stack`."""
+    from .conntrack.listing import FlowListing
+    from .conntrack.resets import ResetSender
+    from .dataplane.dataplane import Dataplane, interfaces_in_namespace
+    from .events.audit import AuditLog
+    from .events.pump import EventPump, Periodic, sweeper
+    from .ha.states import CIStateStore
+    from .health.endpoints import EndpointTable
+    from .health.monitor import HealthMonitor
+    from .lb.table import RuleTable
+    from .rest.app import AgentParts
+    from .store.journal import StateStore
+
+    dp = Dataplane(pin_dir, ct_entries=ct_entries)
+    stack.callback(dp.close)
+    table = RuleTable(dp, store)
+
+    # Endpoint probes: configurations restored before the rules, so that monitored rules
+    # share their probes. Health changes are applied on a worker of their own: they take
+    # the rule table's lock, which must never stall the probe loop's timers.
+    ep_store = StateStore(state_dir, "endpoints", lock=False)
+    stack.callback(ep_store.close)
+    applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-apply")
+    stack.callback(applier.shutdown)
+    monitor = HealthMonitor(on_change=lambda spec, healthy: applier.submit(
+        endpoints.on_health_change, spec, healthy))
+    endpoints = EndpointTable(table, monitor, ep_store)
+    table.observe(endpoints)
+    table.gate(endpoints)
+    endpoints.restore()
+    monitor.start()
+    stack.callback(monitor.stop)
+
+    table.restore()
+
+    # Conntrack events: the audit log and the resets sent to both ends of TCP flows the
+    # LB ends; the idle sweep; endpoints restored without a route come back with it.
+    audit = AuditLog(state_dir / "audit.log", max_bytes=audit_max_bytes,
+                     backups=audit_backups, rule_name=table.book.name_of)
+    stack.callback(audit.close)
+    resets = ResetSender()
+    stack.callback(resets.close)
+    pump = EventPump(dp, [audit.handle, resets.reset_flow], on_lost=audit.note_lost,
+                     on_batch=audit.flush).start()
+    stack.callback(pump.stop)
+    stack.callback(sweeper(dp).start().stop)
+    stack.callback(Periodic("route-recheck", ROUTE_RECHECK_S, table.recheck_routes).start().stop)
+
+    try:
+        dp.attach(ifnames if ifnames is not None else interfaces_in_namespace())
+    except (OSError, ValueError):
+        dp.detach_all()
+        raise
+    return AgentParts(rules=table, flows=FlowListing(table), endpoints=endpoints,
+                      ha=CIStateStore(state_dir), state_dir=str(state_dir), pin_dir=pin_dir)
+
+
 def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:
     """`--cleanup`: detach everywhere and remove the node's pins, unless an agent runs on
     them (taking its maps away would leave it programming nothing)."""
-    from .dataplane import NodeBusy, NodeLock, detach_everywhere, unpin
+    from .dataplane.dataplane import detach_everywhere
+    from .dataplane.pins import NodeBusy, NodeLock, agents_in_this_namespace, unpin
 
     had_pins = os.path.isdir(pin_dir)
     try:
@@ -169,6 +211,15 @@ def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:
     except NodeBusy as exc:
         raise click.ClickException(f"{exc}; stop it before --cleanup") from None
     try:
+        # The filter is the same program slot on every interface of the namespace: with
+        # another agent running here, detaching would take its datapath away too.
+        others = agents_in_this_namespace()
+        if others:
+            if not had_pins:
+                unpin(pin_dir, parent=PIN_ROOT if default_dir else None)
+            raise click.ClickException(
+                f"another agent runs in this network namespace ({'; '.join(others)}) on the "
+                "same interfaces: stop it before --cleanup (nothing was changed)")
         detached = detach_everywhere()
         removed = unpin(pin_dir, parent=PIN_ROOT if default_dir else None) and had_pins
     finally:
@@ -184,71 +235,34 @@ def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
 
-def _ensure_forwarding(keep_sysctls: bool) -> None:
+def _ensure_forwarding(keep_sysctls: bool, ifnames: list[str]) -> None:
     """The datapath forwards what it translates through the kernel's FIB, which answers
-    "forwarding disabled" while net.ipv4.ip_forward is 0 in this namespace."""
-    try:
-        if IP_FORWARD.read_text().strip() != "0":
-            return
-    except OSError as exc:
-        log.warning("cannot read %s (%s): forwarding needs it to be 1", IP_FORWARD, exc)
-        return
-    if keep_sysctls:
-        log.warning("net.ipv4.ip_forward is 0 in this network namespace: translated packets "
-                    "will not be forwarded (set it to 1, or start without --keep-sysctls)")
-        return
-    try:
-        IP_FORWARD.write_text("1")
-    except OSError as exc:
-        log.warning("net.ipv4.ip_forward is 0 in this network namespace and could not be set "
-                    "(%s): translated packets will not be forwarded", exc)
-        return
-    log.warning("net.ipv4.ip_forward was 0 in this network namespace: set it to 1 (the load "
-                "balancer forwards packets; --keep-sysctls leaves it alone)")
+    "forwarding disabled" while forwarding is off in this namespace or on the interface
+    the packet came in by. Set it (logged) unless told to keep the sysctls (warned)."""
+    def off(path: Path) -> bool:
+        try:
+            return path.read_text().strip() == "0"
+        except OSError as exc:
+            log.warning("cannot read %s (%s): forwarding needs it to be 1", path, exc)
+            return False
 
-
-def _health_checks(stack: contextlib.ExitStack, table: RuleTable, state_dir: str
-                   ) -> EndpointTable:
-    """Endpoint probes: configurations restored first, so that monitored rules
-    restored after them share their probes."""
-    from .endpoints import EndpointTable
-    from .health import HealthMonitor
-    from .store import StateStore
-
-    ep_store = StateStore(state_dir, "endpoints", lock=False)
-    stack.callback(ep_store.close)
-    # Health changes are applied on a worker of their own: they take the rule
-    # table's lock, which must never stall the probe loop's timers.
-    applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-apply")
-    stack.callback(applier.shutdown)
-    monitor = HealthMonitor(on_change=lambda spec, healthy: applier.submit(
-        table_ep.on_health_change, spec, healthy))
-    table_ep = EndpointTable(table, monitor, ep_store)
-    table_ep.restore()
-    monitor.start()
-    stack.callback(monitor.stop)
-    return table_ep
-
-
-def _start_conntrack_workers(stack: contextlib.ExitStack, dp: Dataplane, table: RuleTable,
-                             state_dir: Path, audit_max_mb: int, audit_backups: int) -> None:
-    """Expiry of idle flows, and the readers of conntrack events: the audit
-    log and the resets sent to both ends of TCP flows the LB ends."""
-    from .audit import AuditLog
-    from .events import EventPump, Periodic, sweeper
-    from .tcpreset import ResetSender
-
-    audit = AuditLog(state_dir / "audit.log", max_bytes=audit_max_mb * 1024 * 1024,
-                     backups=audit_backups, rule_name=table.name_of)
-    stack.callback(audit.close)
-    resets = ResetSender()
-    stack.callback(resets.close)
-    pump = EventPump(dp, [audit.handle, resets.reset_flow], on_lost=audit.note_lost,
-                     on_batch=audit.flush).start()
-    stack.callback(pump.stop)
-    stack.callback(sweeper(dp).start().stop)
-    # endpoints restored while the node had no route to them come back when it has one
-    stack.callback(Periodic("route-recheck", ROUTE_RECHECK_S, table.recheck_routes).start().stop)
+    files = [IP_FORWARD, *(Path(f"/proc/sys/net/ipv4/conf/{n}/forwarding") for n in ifnames)]
+    for path in files:  # ip_forward first: setting it sets every interface's too
+        if not off(path):
+            continue
+        name = str(path.relative_to("/proc/sys")).replace("/", ".")
+        if keep_sysctls:
+            log.warning("%s is 0 in this network namespace: translated packets will not be "
+                        "forwarded (set it to 1, or start without --keep-sysctls)", name)
+            continue
+        try:
+            path.write_text("1")
+        except OSError as exc:
+            log.warning("%s is 0 in this network namespace and could not be set (%s): "
+                        "translated packets will not be forwarded", name, exc)
+            continue
+        log.warning("%s was 0 in this network namespace: set it to 1 (the load balancer "
+                    "forwards packets; --keep-sysctls leaves it alone)", name)
 
 
 def main() -> None:

@@ -1,36 +1,62 @@
-"""The wire schema of every kind of object the API carries, declared once.
+"""The wire schema of every kind of object the API carries, declared once, and the one
+checker of objects against it.
 
 Field names, types and meanings follow LoxiLB's API specification (its clients must read
-this agent correctly); each schema renders to JSON Schema for the agent's OpenAPI
-document. Output-only fields are marked read-only, request-only ones write-only.
+this agent correctly). Each schema renders to JSON Schema for the agent's OpenAPI document,
+and :func:`check` validates an object against it for whoever reads one (the agent a
+request, the CLI a file): keys of any case, each value's type, range, words and address
+form, every problem named with its field path, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, SELECTION_NAMES
+from loxicmd.api import paths
+from loxicmd.names import (
+    HA_STATES,
+    HOST_STATES,
+    LOXILB_PROBE_TYPES,
+    NAT_MODE_NAMES,
+    OPER_NAMES,
+    PROTOCOLS,
+    SELECTION_NAMES,
+)
 
 UINT32_MAX = 2**32 - 1
+JSON_TYPES = ("string", "integer", "boolean", "array", "object", "number")
+
+
+class InvalidInput(ValueError):
+    """Bad input: the field path and a sentence saying what is wrong and what is
+    allowed (a 400 from the agent, exit status 2 from the CLI)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}" if field_name else message)
+        self.field = field_name
+        self.why = message
 
 
 @dataclass(frozen=True)
 class Field:
-    """One member of an object: its JSON type and what the agent accepts."""
+    """One member of an object: its JSON type and what is accepted."""
 
-    type: str  # string | integer | boolean | array | object | <schema name> (a reference)
+    type: str  # a JSON type, or a schema name (an object of that schema)
     description: str = ""
     minimum: int | None = None
     maximum: int | None = None
     enum: tuple[Any, ...] = ()
-    format: str = ""
+    format: str = ""  # strings: "ip" (an address), "prefix" (an address/length)
     items: str = ""  # arrays: a schema name or a JSON type
     required: bool = False
-    read_only: bool = False  # shown by the agent, never sent to it
+    read_only: bool = False  # shown by the agent; dropped from what is sent to it
     write_only: bool = False  # sent to the agent, never shown
     nullable: bool = False
+    fold: str = ""  # strings: "lower" or "upper": words accepted in any case
+    words: Mapping[int, str] | None = None  # integer codes: their names, for messages
 
     def json_schema(self) -> dict[str, Any]:
         out: dict[str, Any] = _type_schema(self.type)
@@ -52,7 +78,7 @@ class Field:
 
 
 def _type_schema(type_name: str) -> dict[str, Any]:
-    if type_name in ("string", "integer", "boolean", "array", "object", "number"):
+    if type_name in JSON_TYPES:
         return {"type": type_name}
     return {"$ref": f"#/components/schemas/{type_name}"}
 
@@ -80,7 +106,7 @@ def _codes(names: Mapping[int, str]) -> str:
 
 
 PORT = {"minimum": 0, "maximum": 65535}
-PROBE_TYPES_ALL = ("tcp", "udp", "sctp", "http", "https", "ping", "none")
+IP = {"format": "ip"}
 
 SCHEMAS: tuple[Schema, ...] = (
     Schema("Result", "A change was carried out.", {
@@ -93,20 +119,22 @@ SCHEMAS: tuple[Schema, ...] = (
         "fields": Field("array", "The fields at fault (invalid arguments)", items="string"),
     }),
     Schema("ServiceArguments", "A rule's service: address, ports, protocol and options.", {
-        "externalIP": Field("string", "The service's virtual IP", format="ipv4",
-                            required=True),
-        "privateIP": Field("string", "fullnat: the source towards endpoints", format="ipv4"),
+        "externalIP": Field("string", "The service's virtual IP", required=True, **IP),
+        "privateIP": Field("string", "fullnat: the source towards endpoints (empty: none)",
+                           **IP),
         "port": Field("integer", "The (first) port; 0 for icmp", required=True, **PORT),
         "portMax": Field("integer", "The last port of a range (0: a single port)", **PORT),
-        "protocol": Field("string", "sctp is refused by this agent", enum=PROTOCOLS),
+        "protocol": Field("string", "sctp is refused by this agent", enum=PROTOCOLS,
+                          fold="lower"),
         "sel": Field("integer", f"Endpoint selection: {_codes(SELECTION_NAMES)} (n2, n3 "
-                     "refused by this agent)", enum=tuple(SELECTION_NAMES)),
+                     "refused by this agent)", enum=tuple(SELECTION_NAMES), words=SELECTION_NAMES),
         "mode": Field("integer", f"NAT mode: {_codes(NAT_MODE_NAMES)} (dsr, fullproxy, "
-                      "hostonearm refused by this agent)", enum=tuple(NAT_MODE_NAMES)),
+                      "hostonearm refused by this agent)", enum=tuple(NAT_MODE_NAMES),
+                      words=NAT_MODE_NAMES),
         "bgp": Field("boolean", "Announce the VIP with BGP (refused by this agent yet)"),
         "monitor": Field("boolean", "Probe the endpoints; inactive ones get no new flows"),
-        "probetype": Field("string", "How endpoints are probed (default: the protocol's; "
-                           "sctp refused by this agent)", enum=PROBE_TYPES_ALL),
+        "probetype": Field("string", "How endpoints are probed (empty: the protocol's; "
+                           "sctp refused by this agent)", enum=("", *LOXILB_PROBE_TYPES)),
         "probeport": Field("integer", "Port probed (0: each endpoint's target port)", **PORT),
         "probereq": Field("string", "Request sent (udp/tcp bytes, http/https path)"),
         "proberesp": Field("string", "Expected in the answer"),
@@ -121,17 +149,18 @@ SCHEMAS: tuple[Schema, ...] = (
                                  "20 udp/icmp)", minimum=0, maximum=86400),
         "block": Field("integer", "Mark matched against the packet's mark (0: none)",
                        minimum=0, maximum=UINT32_MAX),
-        "name": Field("string", "Service name, `<svc>` or `<svc>:<ha-instance>`"),
-        "snat": Field("boolean", "An egress SNAT rule (never, on this agent)",
-                      read_only=True),
-        "oper": Field("integer", "0 create/update, 1 attach endpoints, 2 detach endpoints",
-                      enum=(0, 1, 2), write_only=True),
+        "name": Field("string", "Service name, `<svc>` or `<svc>:<ha-instance>` (left out "
+                      "of an update: the rule keeps its name)"),
+        "snat": Field("boolean", "An egress SNAT rule (refused by this agent: none of its "
+                      "rules is one)"),
+        "oper": Field("integer", f"Endpoint operation: {_codes(OPER_NAMES)}",
+                      enum=tuple(OPER_NAMES), words=OPER_NAMES, write_only=True),
         "host": Field("string", "Ingress host URL (refused by this agent yet)"),
         "proxyprotocolv2": Field("boolean", "Proxy protocol v2 (refused by this agent)"),
         "egress": Field("boolean", "An egress rule (refused by this agent)"),
     }),
     Schema("LoadBalancerEndpoint", "One endpoint of a rule.", {
-        "endpointIP": Field("string", "Its address", format="ipv4", required=True),
+        "endpointIP": Field("string", "Its address", required=True, **IP),
         "targetPort": Field("integer", "Its port (0: the port the client used)", **PORT),
         "weight": Field("integer", "Weight for priority selection", minimum=1, maximum=255),
         "state": Field("string", "New flows go to it or not", enum=("active", "inactive"),
@@ -139,10 +168,10 @@ SCHEMAS: tuple[Schema, ...] = (
         "counter": Field("string", "`<packets>:<bytes>` sent to it", read_only=True),
     }),
     Schema("SecondaryIP", "A secondary address of an sctp rule (refused by this agent).", {
-        "secondaryIP": Field("string", format="ipv4")}),
+        "secondaryIP": Field("string", required=True, **IP)}),
     Schema("AllowedSource", "A source prefix allowed to reach the rule.", {
         "prefix": Field("string", "e.g. 198.18.0.0/16 (a bare address: /32)",
-                        required=True)}),
+                        format="prefix", required=True)}),
     Schema("LoadbalanceEntry", "A load-balancer rule.", {
         "serviceArguments": Field("ServiceArguments", required=True),
         "endpoints": Field("array", items="LoadBalancerEndpoint"),
@@ -152,9 +181,9 @@ SCHEMAS: tuple[Schema, ...] = (
     Schema("LoadbalanceList", "Every rule.", {
         "lbAttr": Field("array", items="LoadbalanceEntry", required=True)}),
     Schema("ConntrackEntry", "A tracked flow, in the client's direction.", {
-        "sourceIP": Field("string", format="ipv4"),
+        "sourceIP": Field("string", **IP),
         "sourcePort": Field("integer", **PORT),
-        "destinationIP": Field("string", format="ipv4"),
+        "destinationIP": Field("string", **IP),
         "destinationPort": Field("integer", **PORT),
         "protocol": Field("string", enum=("tcp", "udp", "icmp")),
         "conntrackState": Field("string"),
@@ -170,10 +199,11 @@ SCHEMAS: tuple[Schema, ...] = (
         "next": Field("string", "Give as `after` for the next page (empty: the last one)"),
     }),
     Schema("EndPoint", "An endpoint health probe (POST /config/endpoint).", {
-        "hostName": Field("string", "The endpoint's address", format="ipv4", required=True),
+        "hostName": Field("string", "The endpoint's address", required=True, **IP),
         "name": Field("string", "Default `<ip>_<probeType>_<probePort>`; posting it again "
                       "updates it"),
-        "probeType": Field("string", "sctp refused by this agent", enum=PROBE_TYPES_ALL),
+        "probeType": Field("string", "Default ping; sctp refused by this agent",
+                           enum=("", *LOXILB_PROBE_TYPES)),
         "probePort": Field("integer", **PORT),
         "probeReq": Field("string"),
         "probeResp": Field("string"),
@@ -181,48 +211,50 @@ SCHEMAS: tuple[Schema, ...] = (
                                maximum=86400),
         "inactiveReTries": Field("integer", "Failures before nok (0: 2)", minimum=0,
                                  maximum=100),
+        "minDelay": Field("string", read_only=True),
+        "avgDelay": Field("string", read_only=True),
+        "maxDelay": Field("string", read_only=True),
+        "currState": Field("string", enum=("ok", "nok"), read_only=True),
+        "ruleProbe": Field("boolean", "Made by monitored rules: goes and comes with them "
+                           "(save leaves it out)", read_only=True),
     }),
-    Schema("EndPointGetEntry", "An endpoint probe and what it found.", {
-        "ruleProbe": Field("boolean", "Made by monitored rules (goes and comes with them)"),
-        "hostName": Field("string", format="ipv4"),
-        "name": Field("string"),
-        "probeType": Field("string"),
-        "probePort": Field("integer", **PORT),
-        "probeReq": Field("string"),
-        "probeResp": Field("string"),
-        "probeDuration": Field("integer"),
-        "inactiveReTries": Field("integer"),
-        "minDelay": Field("string"),
-        "avgDelay": Field("string"),
-        "maxDelay": Field("string"),
-        "currState": Field("string", enum=("ok", "nok")),
-    }),
-    Schema("EndPointList", "Every endpoint probe.", {
-        "Attr": Field("array", items="EndPointGetEntry", required=True)}),
+    Schema("EndPointList", "Every endpoint probe and what it found.", {
+        "Attr": Field("array", items="EndPoint", required=True)}),
     Schema("EndPointHostState", "An operator's state for a host's endpoints.", {
-        "hostName": Field("string", format="ipv4", required=True),
+        "hostName": Field("string", required=True, **IP),
         "epPort": Field("integer", "0: every port", **PORT),
-        "epProto": Field("string", enum=("tcp", "udp", "icmp", "sctp")),
+        "epProto": Field("string", "Default tcp", enum=("", *PROTOCOLS), fold="lower"),
         "state": Field("string", "green follows the probes, yellow drains, red is down",
-                       enum=("green", "yellow", "red"), required=True),
+                       enum=HOST_STATES, required=True, fold="lower"),
     }),
     Schema("CIStatusEntry", "The HA state of a cluster instance (keepalived's notify).", {
         "instance": Field("string", "Default `default`"),
-        "state": Field("string", enum=("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED"),
-                       required=True),
-        "vip": Field("string", format="ipv4"),
-    }),
-    Schema("CIStatusGetEntry", "A cluster instance and its state.", {
-        "instance": Field("string"),
-        "state": Field("string"),
-        "vip": Field("string"),
-        "sync": Field("integer", "Conntrack sync progress (not yet reported)", nullable=True),
+        "state": Field("string", enum=HA_STATES, required=True, fold="upper"),
+        "vip": Field("string", "The instance's VIP (empty: none)", **IP),
+        "sync": Field("integer", "Conntrack sync progress (not yet reported)", nullable=True,
+                      read_only=True),
     }),
     Schema("CIStatusList", "Every cluster instance.", {
-        "Attr": Field("array", items="CIStatusGetEntry", required=True)}),
+        "Attr": Field("array", items="CIStatusEntry", required=True)}),
+    Schema("BGPNeigh", "A BGP peer (served once BGP comes to this agent).", {
+        "ipAddress": Field("string", "The peer's address", required=True, **IP),
+        "remoteAs": Field("integer", "Its AS number", minimum=1, maximum=UINT32_MAX,
+                          required=True),
+        "remotePort": Field("integer", "Its BGP port (default 179)", minimum=1,
+                            maximum=65535),
+        "setMultiHop": Field("boolean", "eBGP multi-hop"),
+        "state": Field("string", "Session state", read_only=True),
+        "updowntime": Field("string", "Time in the state", read_only=True),
+    }),
+    Schema("BGPGlobalConfig", "The BGP speaker's global settings.", {
+        "routerId": Field("string", required=True, **IP),
+        "localAs": Field("integer", minimum=1, maximum=UINT32_MAX, required=True),
+        "listenPort": Field("integer", "Default 179", minimum=1, maximum=65535),
+        "SetNextHopSelf": Field("boolean", "Announce with this node as next hop"),
+    }),
     Schema("OperParams", "The agent's operating parameters.", {
         "logLevel": Field("string", enum=("debug", "info", "warning", "error"),
-                          required=True)}),
+                          required=True, fold="lower")}),
     Schema("ProcessInfoEntry", "The agent process, as `top` shows it, and its own facts.", {
         "pid": Field("string"), "user": Field("string"), "priority": Field("string"),
         "nice": Field("string"), "virtMemory": Field("string", "KiB"),
@@ -247,6 +279,121 @@ SCHEMAS: tuple[Schema, ...] = (
 SCHEMAS_BY_NAME: dict[str, Schema] = {s.name: s for s in SCHEMAS}
 
 
+# --------------------------------------------------------------------------- checking
+
+
+def check(schema: str, obj: Any, where: str = "", *, unknown: str = "refuse"
+          ) -> dict[str, Any]:
+    """`obj` checked against a schema: keys in their canonical spelling (matched in any
+    case, as LoxiLB's clients spell them both ways), values checked (type, range, words,
+    address form; objects and lists of objects recursively). `null` means absent. Fields
+    the agent only shows (read-only) are dropped. `unknown`: "refuse" names a key the
+    schema does not have (a file a person wrote); "ignore" drops it (a client's request:
+    LoxiLB's carry fields this agent has no use for). Raises InvalidInput naming the field
+    path (`where` first)."""
+    sch = SCHEMAS_BY_NAME[schema]
+    if not isinstance(obj, Mapping):
+        raise InvalidInput(where or "body", f"{_kind(obj)} is not an object")
+    canonical = {key.lower(): key for key in sch.fields}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = canonical.get(str(key).lower())
+        path = f"{where}.{key}" if where else str(key)
+        if name is None:
+            if unknown == "refuse":
+                raise InvalidInput(path, f"unknown field; allowed: {', '.join(sch.fields)}")
+            continue
+        if name in out:
+            raise InvalidInput(path, f"given twice (as {name!r} too)")
+        f = sch.fields[name]
+        if value is None or f.read_only:  # shown by the agent: whatever it is, not taken
+            out.setdefault(name, None)
+            continue
+        out[name] = check_value(f, value, f"{where}.{name}" if where else name, unknown)
+    out = {k: v for k, v in out.items() if v is not None}
+    for name, f in sch.fields.items():
+        if f.required and name not in out:
+            raise InvalidInput(f"{where}.{name}" if where else name, "is required")
+    return out
+
+
+def check_value(f: Field, value: Any, where: str, unknown: str = "refuse") -> Any:
+    """One field's value, checked (and normalised: addresses canonical, words folded)."""
+    if f.type in SCHEMAS_BY_NAME:
+        return check(f.type, value, where, unknown=unknown)
+    if f.type == "array":
+        if not isinstance(value, list):
+            raise InvalidInput(where, f"{_kind(value)} is not a list")
+        item = Field(f.items)
+        return [check_value(item, v, f"{where}[{i}]", unknown) for i, v in enumerate(value)]
+    if f.type == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            what = "is unknown" if f.words else "is not an integer"
+            raise InvalidInput(where, f"{value!r} {what}; allowed: {_allowed(f)}")
+        if f.enum and value not in f.enum:
+            raise InvalidInput(where, f"{value} is not allowed; allowed: {_allowed(f)}")
+        if ((f.minimum is not None and value < f.minimum)
+                or (f.maximum is not None and value > f.maximum)):
+            raise InvalidInput(where, f"{value} is out of range; allowed: {_allowed(f)}")
+        return value
+    if f.type == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidInput(where, f"{value!r} is not a boolean; allowed: true, false")
+        return value
+    if f.type == "string":
+        if not isinstance(value, str):
+            raise InvalidInput(where, f"{value!r} is not a string")
+        if f.fold == "lower":
+            value = value.lower()
+        elif f.fold == "upper":
+            value = value.upper()
+        if f.enum and value not in f.enum:
+            words = ", ".join(repr(w) if w == "" else w for w in f.enum)
+            raise InvalidInput(where, f"{value!r} is not allowed; allowed: {words}")
+        if f.format == "ip":
+            if not value and f.required:
+                raise InvalidInput(where, "is empty; allowed: an IP address")
+            return ip_address(value, where) if value else value
+        if f.format == "prefix":
+            return ip_prefix(value, where)
+        return value
+    return value  # number, object: taken as they are
+
+
+def ip_address(value: str, where: str) -> str:
+    """An IPv4 or IPv6 address in canonical form (brackets allowed)."""
+    try:
+        return str(ipaddress.ip_address(value.strip().strip("[]")))
+    except ValueError:
+        raise InvalidInput(where, f"{value!r} is not a valid IP address") from None
+
+
+def ip_prefix(value: str, where: str) -> str:
+    """A prefix in canonical form; a bare address is a host prefix."""
+    try:
+        if "/" in value:
+            return str(ipaddress.ip_network(value.strip()))
+        return str(ipaddress.ip_network(ipaddress.ip_address(value.strip())))  # a host
+    except ValueError as exc:
+        raise InvalidInput(where, f"{value!r} is not a valid prefix ({exc})") from None
+
+
+def _allowed(f: Field) -> str:
+    if f.words:
+        return ", ".join(f"{c} ({f.words[c]})" for c in f.enum)
+    if f.enum:
+        return ", ".join(str(v) for v in f.enum)
+    lo = f.minimum if f.minimum is not None else "-inf"
+    hi = f.maximum if f.maximum is not None else "inf"
+    return f"{lo}..{hi}"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(
+                type(value), type(value).__name__)
+
+
 @dataclass(frozen=True)
 class Route:
     """One served route: what it takes and what it answers (besides errors)."""
@@ -258,39 +405,33 @@ class Route:
     response: str = "Result"
 
 
-_LB = "/config/loadbalancer"
-_LB_RULE = "/externalipaddress/{ip}/port/{port}"
-
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/version", "The agent's version (no token needed)",
+    Route("GET", paths.VERSION, "The agent's version (no token needed)",
           response="VersionGetEntry"),
-    Route("POST", _LB, "Create a rule, or update it in place", request="LoadbalanceEntry"),
-    Route("GET", f"{_LB}/all", "Every rule", response="LoadbalanceList"),
-    Route("DELETE", f"{_LB}/all", "Delete every rule"),
-    Route("DELETE", f"{_LB}/name/{{name}}", "Delete every rule with this name"),
-    Route("DELETE", f"{_LB}{_LB_RULE}/protocol/{{proto}}", "Delete a rule"),
-    Route("DELETE", f"{_LB}{_LB_RULE}/portmax/{{portmax}}/protocol/{{proto}}",
-          "Delete a port-range rule"),
-    Route("DELETE", f"{_LB}/hosturl/{{host}}{_LB_RULE}/protocol/{{proto}}",
-          "Delete a rule of a host (`any`: none)"),
-    Route("DELETE", f"{_LB}/hosturl/{{host}}{_LB_RULE}/portmax/{{portmax}}/protocol/{{proto}}",
+    Route("POST", paths.LB, "Create a rule, or update it in place", request="LoadbalanceEntry"),
+    Route("GET", paths.LB_ALL, "Every rule", response="LoadbalanceList"),
+    Route("DELETE", paths.LB_ALL, "Delete every rule"),
+    Route("DELETE", paths.LB_NAME, "Delete every rule with this name"),
+    Route("DELETE", paths.LB_RULE, "Delete a rule"),
+    Route("DELETE", paths.LB_RULE_RANGE, "Delete a port-range rule"),
+    Route("DELETE", paths.LB_HOST_RULE, "Delete a rule of a host (`any`: none)"),
+    Route("DELETE", paths.LB_HOST_RULE_RANGE,
           "Delete a port-range rule of a host (`any`: none)"),
-    Route("GET", "/config/conntrack/all", "Tracked flows (filters, paging)",
+    Route("GET", paths.CONNTRACK_ALL, "Tracked flows (filters, paging)",
           response="ConntrackList"),
-    Route("GET", "/config/endpoint/all", "Endpoint probes and their findings",
+    Route("GET", paths.ENDPOINT_ALL, "Endpoint probes and their findings",
           response="EndPointList"),
-    Route("POST", "/config/endpoint", "Create an endpoint probe, or update it",
-          request="EndPoint"),
-    Route("DELETE", "/config/endpoint/epipaddress/{ip}", "Delete endpoint probes"),
-    Route("POST", "/config/endpointhoststate", "Set a host's state",
+    Route("POST", paths.ENDPOINT, "Create an endpoint probe, or update it", request="EndPoint"),
+    Route("DELETE", paths.ENDPOINT_BY_IP, "Delete endpoint probes"),
+    Route("POST", paths.ENDPOINT_HOST_STATE, "Set a host's state",
           request="EndPointHostState"),
-    Route("GET", "/config/dpstats", "Datapath counters by reason", response="DpStats"),
-    Route("GET", "/config/cistate/all", "HA instance states", response="CIStatusList"),
-    Route("POST", "/config/cistate", "Set an HA instance's state", request="CIStatusEntry"),
-    Route("DELETE", "/config/cistate/instance/{instance}", "Forget an HA instance"),
-    Route("GET", "/config/params", "Operating parameters", response="OperParams"),
-    Route("POST", "/config/params", "Change operating parameters", request="OperParams"),
-    Route("GET", "/status/process", "The agent process", response="ProcessList"),
+    Route("GET", paths.DPSTATS, "Datapath counters by reason", response="DpStats"),
+    Route("GET", paths.CISTATE_ALL, "HA instance states", response="CIStatusList"),
+    Route("POST", paths.CISTATE, "Set an HA instance's state", request="CIStatusEntry"),
+    Route("DELETE", paths.CISTATE_INSTANCE, "Forget an HA instance"),
+    Route("GET", paths.PARAMS, "Operating parameters", response="OperParams"),
+    Route("POST", paths.PARAMS, "Change operating parameters", request="OperParams"),
+    Route("GET", paths.PROCESS, "The agent process", response="ProcessList"),
 )
 
 # The errors each route may answer, with LoxiLB's meanings.

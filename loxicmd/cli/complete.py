@@ -1,4 +1,5 @@
-"""Live shell completion: existing rule addresses and names, read from the agent.
+"""Live shell completion: existing rules' addresses and names and endpoint probes' hosts and
+names, read from the agent.
 
 Asked on every TAB, so it must be quick and quiet: a short timeout, and any failure (agent
 down, refused, odd answer) simply completes nothing.
@@ -12,6 +13,7 @@ follows the ``=``). zsh and fish replace (or match) the whole word, so ``ZshComp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -20,38 +22,51 @@ from click.shell_completion import CompletionItem, add_completion_class
 from click.shell_completion import FishComplete as ClickFishComplete
 from click.shell_completion import ZshComplete as ClickZshComplete
 
+from loxicmd.api import paths
 from loxicmd.cli.options import settings
 
 TIMEOUT_S = 0.5
 
 
-def _rules(ctx: click.Context) -> list[dict[str, Any]]:
+def _listed(ctx: click.Context, path: str, list_key: str) -> list[dict[str, Any]]:
     from dataclasses import replace
-
-    from loxicmd.cli.nouns.lb import PATH_ALL
 
     s = replace(settings(ctx), timeout=TIMEOUT_S, verbose=0)
     try:
-        body = s.client().get(PATH_ALL).data
+        body = s.client().get(path).data
     except Exception:  # completion must never fail or print
         return []
-    rules = body.get("lbAttr") if isinstance(body, dict) else None
-    return [r for r in rules or [] if isinstance(r, dict)]
+    objects = body.get(list_key) if isinstance(body, dict) else None
+    return [o for o in objects or [] if isinstance(o, dict)]
 
 
-def _complete(ctx: click.Context, key: str, incomplete: str) -> list[CompletionItem]:
-    values = {str((r.get("serviceArguments") or {}).get(key) or "") for r in _rules(ctx)}
-    return [CompletionItem(v) for v in sorted(values) if v and v.startswith(incomplete)]
+Completer = Callable[[click.Context, click.Parameter, str], list[CompletionItem]]
 
 
-def rule_ips(ctx: click.Context, param: click.Parameter, incomplete: str
-             ) -> list[CompletionItem]:
-    return _complete(ctx, "externalIP", incomplete)
+def _completer(path: str, list_key: str, value: Callable[[dict[str, Any]], Any],
+               keep: Callable[[dict[str, Any]], bool] = lambda _: True) -> Completer:
+    """Completes with `value` of each object the agent lists at `path` (those `keep`s)."""
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str
+                 ) -> list[CompletionItem]:
+        values = {str(value(o) or "") for o in _listed(ctx, path, list_key) if keep(o)}
+        return [CompletionItem(v) for v in sorted(values) if v and v.startswith(incomplete)]
+
+    return complete
 
 
-def rule_names(ctx: click.Context, param: click.Parameter, incomplete: str
-               ) -> list[CompletionItem]:
-    return _complete(ctx, "name", incomplete)
+def _service(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda rule: (rule.get("serviceArguments") or {}).get(key)
+
+
+def _own_probe(probe: dict[str, Any]) -> bool:
+    """Probes made for monitored rules cannot be deleted on their own: not offered."""
+    return not probe.get("ruleProbe")
+
+
+rule_ips = _completer(paths.LB_ALL, "lbAttr", _service("externalIP"))
+rule_names = _completer(paths.LB_ALL, "lbAttr", _service("name"))
+endpoint_ips = _completer(paths.ENDPOINT_ALL, "Attr", lambda p: p.get("hostName"), _own_probe)
+endpoint_names = _completer(paths.ENDPOINT_ALL, "Attr", lambda p: p.get("name"), _own_probe)
 
 
 def join_option_values(words: list[str]) -> list[str]:

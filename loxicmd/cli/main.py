@@ -184,7 +184,7 @@ class RootGroup(click.Group):
         except Exception as exc:
             # The client module is imported only by commands that talk to the agent; if it
             # was never imported, none of its errors can have been raised.
-            client = sys.modules.get("loxicmd.cli.client")
+            client = sys.modules.get("loxicmd.api.client")
             if client is not None and isinstance(exc, client.AgentUnreachable):
                 return _fail(str(exc), EXIT_UNREACHABLE)
             if client is not None and isinstance(exc, client.AgentRefused):

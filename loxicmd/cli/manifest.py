@@ -5,7 +5,8 @@
 - ``apply -c DIR``: the Go tool's saved files, ``lbconfig.txt`` (``{"lbAttr": [...]}``) and
   ``EPconfig.txt`` (``{"Attr": [...]}``), as written by ``save``.
 
-Every document is checked against its kind's schema; any error rejects the whole input
+Every document is checked against its kind's wire schema (:mod:`loxicmd.api.wire`, the
+checks the agent makes too; unknown fields refused); any error rejects the whole input
 (``ManifestError`` lists each problem with its file, document and field).
 """
 
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loxicmd.cli import schema
+from loxicmd.api import paths, wire
+from loxicmd.api.lbentry import LoadbalanceEntry
+from loxicmd.api.wire import InvalidInput
 from loxicmd.cli.options import Call
-from loxicmd.cli.schema import Invalid, address, boolean, integer, text
-from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, RULE_UNCHANGED, SELECTION_NAMES
+from loxicmd.names import NAT_MODE_NAMES, RULE_UNCHANGED, SELECTION_NAMES, code_for_name
 
 LB_FILE = "lbconfig.txt"
 EP_FILE = "EPconfig.txt"
@@ -55,60 +57,30 @@ class Kind:
     unchanged_result: str = ""  # the agent's result text for "posted again, nothing to do"
 
 
-def _lb_sa(value: Any, where: str) -> dict[str, Any]:
-    sa = schema.check({
-        "externalIP": address, "privateIP": lambda v: address(v) if v else "",
-        "port": integer(0, 65535), "portMax": integer(0, 65535),
-        "protocol": schema.choice(PROTOCOLS), "sel": schema.code(SELECTION_NAMES),
-        "mode": schema.code(NAT_MODE_NAMES), "bgp": boolean, "monitor": boolean,
-        "inactiveTimeOut": integer(0, 86400), "block": integer(0, 2**32 - 1), "name": text,
-        "oper": integer(0, 0), "probetype": text, "probeport": integer(0, 65535),
-        "probereq": text, "proberesp": text, "probeTimeout": integer(0, 86400),
-        "probeRetries": integer(0, 1000), "managed": boolean, "security": integer(0, 255),
-        "host": text, "proxyprotocolv2": boolean, "egress": boolean, "snat": boolean,
-    }, value, where, required=("externalIP", "port"))
-    sa.pop("snat", None)  # output only
-    protocol = sa.get("protocol", "tcp")
-    if sa["port"] == 0 and protocol != "icmp":
-        raise Invalid(f"{where}.port", "0 is out of range; allowed: 1..65535 (0 for icmp)")
-    if sa.get("portMax") and sa["portMax"] < sa["port"]:
-        raise Invalid(f"{where}.portMax", f"{sa['portMax']} is below port {sa['port']}; "
-                      f"allowed: {sa['port']}..65535 or 0")
-    return sa
-
-
-def _lb_endpoint(value: Any, where: str) -> dict[str, Any]:
-    # targetPort 0 keeps the port the client used (ranges such as 8001-8100:0)
-    ep = schema.check({"endpointIP": address, "targetPort": integer(0, 65535),
-                       "weight": integer(1, 255), "state": text, "counter": text},
-                      value, where, required=("endpointIP",))
-    ep.pop("state", None)  # output only
-    ep.pop("counter", None)
-    return ep
+def _codes_by_name(spec: Any) -> Any:
+    """A file may name sel and mode (`sel: hash`): their codes, as the API takes them."""
+    if not isinstance(spec, Mapping):
+        return spec
+    out = dict(spec)
+    for key, value in spec.items():
+        if str(key).lower() == "serviceArguments".lower() and isinstance(value, Mapping):
+            sa = dict(value)
+            for k, v in value.items():
+                table = {"sel": SELECTION_NAMES, "mode": NAT_MODE_NAMES}.get(str(k).lower())
+                if table is not None and isinstance(v, str):
+                    code = code_for_name(table, v)
+                    sa[k] = v if code is None else code
+            out[key] = sa
+    return out
 
 
 def check_lb(spec: Any, where: str) -> dict[str, Any]:
-    body = schema.check({"serviceArguments": lambda v: v, "endpoints": lambda v: v,
-                         "secondaryIPs": lambda v: v, "allowedSources": lambda v: v},
-                        spec, where, required=("serviceArguments",))
-    at = f"{where}." if where else ""
-    out: dict[str, Any] = {"serviceArguments": _lb_sa(body["serviceArguments"],
-                                                      f"{at}serviceArguments")}
-    eps = schema.items(_lb_endpoint, body.get("endpoints"), f"{at}endpoints")
-    seen: set[tuple[str, int | None]] = set()
-    for i, ep in enumerate(eps):
-        ident = (ep["endpointIP"], ep.get("targetPort"))
-        if ident in seen:
-            raise Invalid(f"{at}endpoints[{i}]", f"{ep['endpointIP']} is listed twice")
-        seen.add(ident)
-    out["endpoints"] = eps
-    out["secondaryIPs"] = schema.items(
-        lambda v, w: schema.check({"secondaryIP": address}, v, w, ("secondaryIP",)),
-        body.get("secondaryIPs"), f"{at}secondaryIPs")
-    out["allowedSources"] = schema.items(
-        lambda v, w: schema.check({"prefix": schema.prefix}, v, w, ("prefix",)),
-        body.get("allowedSources"), f"{at}allowedSources")
-    return out
+    entry = LoadbalanceEntry.parse(_codes_by_name(spec), where, unknown="refuse")
+    if entry.service_arguments.oper != 0:
+        at = f"{where}.serviceArguments.oper" if where else "serviceArguments.oper"
+        raise InvalidInput(at, f"{entry.service_arguments.oper} is for create lb --attachEP/"
+                           "--detachEP; allowed in a file: 0 (create or update)")
+    return entry.to_json()
 
 
 def lb_identity(rule: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -127,68 +99,43 @@ def _lb_label(rule: Mapping[str, Any]) -> str:
 
 
 def _lb_delete(rule: dict[str, Any]) -> Call:
-    from loxicmd.cli.nouns.lb import path_rule
-
     sa = rule["serviceArguments"]
     port_max = sa.get("portMax") or None
     query = {"block": sa["block"]} if sa.get("block") else None
     return Call(f"delete LoadBalancer {_lb_label(rule)}", "DELETE",
-                path_rule(sa["externalIP"], sa["port"], port_max, sa.get("protocol", "tcp"),
-                          sa.get("host", "")), query=query)
-
-
-_EP_OUTPUT = ("minDelay", "avgDelay", "maxDelay", "currState", "ruleProbe")
+                paths.lb_rule(sa["externalIP"], sa["port"], port_max,
+                              sa.get("protocol", "tcp"), sa.get("host", "")), query=query)
 
 
 def check_endpoint(spec: Any, where: str) -> dict[str, Any]:
-    from loxicmd.cli.nouns.endpoint import PROBE_TYPES
-
-    body = schema.check({
-        "hostName": address, "name": text, "probeType": schema.choice(PROBE_TYPES),
-        "probePort": integer(0, 65535), "probeReq": text, "probeResp": text,
-        "probeDuration": integer(0, 86400), "inactiveReTries": integer(0, 1000),
-        **{key: lambda v: v for key in _EP_OUTPUT},
-    }, spec, where, required=("hostName",))
-    for key in _EP_OUTPUT:  # output only
-        body.pop(key, None)
-    return body
+    return wire.check("EndPoint", spec, where)
 
 
 def _ep_delete(body: dict[str, Any]) -> Call:
-    from loxicmd.cli.nouns.endpoint import path_delete
-
     query = {"name": body.get("name"), "probe_type": body.get("probeType"),
              "probe_port": body.get("probePort")}
-    return Call(f"delete Endpoint {body['hostName']}", "DELETE", path_delete(body["hostName"]),
-                query=query)
+    return Call(f"delete Endpoint {body['hostName']}", "DELETE",
+                paths.fill(paths.ENDPOINT_BY_IP, ip=body["hostName"]), query=query)
 
 
 def check_bgpneighbor(spec: Any, where: str) -> dict[str, Any]:
-    return schema.check({"ipAddress": address, "remoteAs": schema.ASN,
-                         "remotePort": schema.PORT, "setMultiHop": boolean},
-                        spec, where, required=("ipAddress", "remoteAs"))
+    return wire.check("BGPNeigh", spec, where)
 
 
 def _bgpnei_delete(body: dict[str, Any]) -> Call:
-    from loxicmd.cli.nouns.bgpneighbor import path_delete
-
     return Call(f"delete BGPNeighbor {body['ipAddress']}", "DELETE",
-                path_delete(body["ipAddress"]), query={"remoteAs": body["remoteAs"]})
+                paths.fill(paths.BGP_NEIGH_BY_IP, ip=body["ipAddress"]),
+                query={"remoteAs": body["remoteAs"]})
 
 
 def check_bgpglobal(spec: Any, where: str) -> dict[str, Any]:
-    return schema.check({"routerId": address, "localAs": schema.ASN,
-                         "listenPort": schema.PORT, "SetNextHopSelf": boolean},
-                        spec, where, required=("routerId", "localAs"))
+    return wire.check("BGPGlobalConfig", spec, where)
 
 
 def check_hastate(spec: Any, where: str) -> dict[str, Any]:
-    from loxicmd.cli.nouns.ha import STATES
-
-    body = schema.check({"instance": text, "state": schema.choice(STATES, upper=True),
-                         "vip": lambda v: address(v) if v else "", "sync": lambda v: v},
-                        spec, where, required=("instance", "state"))
-    body.pop("sync", None)  # output only
+    body = wire.check("CIStatusEntry", spec, where)
+    if not body.get("instance"):
+        raise InvalidInput(f"{where}.instance" if where else "instance", "is required")
     return body
 
 
@@ -204,7 +151,6 @@ def _field(*keys: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
 @functools.cache
 def kinds() -> dict[str, Kind]:
     """The kinds by lower-case name (built on first use: they import the noun modules)."""
-    from loxicmd.cli.nouns import bgpglobal, bgpneighbor, endpoint, ha, lb
 
     def restore(check: Callable[[Any, str], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         return lambda obj: check(dict(obj), "")
@@ -222,21 +168,22 @@ def kinds() -> dict[str, Kind]:
         return f"{b.get('instance')} {b.get('state')}"
 
     found = [
-        Kind("LoadBalancer", check_lb, _post(lb.PATH, "LoadBalancer", _lb_label), _lb_delete,
-             lb_identity, _lb_label, lb.PATH_ALL, "lbAttr", restore(check_lb),
+        Kind("LoadBalancer", check_lb, _post(paths.LB, "LoadBalancer", _lb_label), _lb_delete,
+             lb_identity, _lb_label, paths.LB_ALL, "lbAttr", restore(check_lb),
              unchanged_result=RULE_UNCHANGED),
-        Kind("Endpoint", check_endpoint, _post(endpoint.PATH, "Endpoint", ep_label),
-             _ep_delete, _field("hostName", "name"), ep_label, endpoint.LISTING.path, "Attr",
+        Kind("Endpoint", check_endpoint, _post(paths.ENDPOINT, "Endpoint", ep_label),
+             _ep_delete, _field("hostName", "name"), ep_label, paths.ENDPOINT_ALL, "Attr",
              restore(check_endpoint)),
         Kind("BGPNeighbor", check_bgpneighbor,
-             _post(bgpneighbor.PATH, "BGPNeighbor", nei_label), _bgpnei_delete,
-             _field("ipAddress"), nei_label, bgpneighbor.LISTING.path, "bgpNeiAttr",
+             _post(paths.BGP_NEIGH, "BGPNeighbor", nei_label), _bgpnei_delete,
+             _field("ipAddress"), nei_label, paths.BGP_NEIGH_ALL, "bgpNeiAttr",
              lambda o: check_bgpneighbor({k: o[k] for k in ("ipAddress", "remoteAs")
                                           if k in o}, "")),
-        Kind("BGPGlobal", check_bgpglobal, _post(bgpglobal.PATH, "BGPGlobal", global_label),
-             None, lambda b: (), global_label, bgpglobal.PATH, None, restore(check_bgpglobal)),
-        Kind("HAState", check_hastate, _post(ha.PATH, "HAState", ha_label), None,
-             _field("instance"), ha_label, ha.LISTING.path, "Attr", restore(check_hastate)),
+        Kind("BGPGlobal", check_bgpglobal, _post(paths.BGP_GLOBAL, "BGPGlobal", global_label),
+             None, lambda b: (), global_label, paths.BGP_GLOBAL, None,
+             restore(check_bgpglobal)),
+        Kind("HAState", check_hastate, _post(paths.CISTATE, "HAState", ha_label), None,
+             _field("instance"), ha_label, paths.CISTATE_ALL, "Attr", restore(check_hastate)),
     ]
     return {k.name.lower(): k for k in found}
 
@@ -262,28 +209,28 @@ class Item:
 
 def _document(doc: Any, where: str, deleting: bool) -> Item:
     if not isinstance(doc, Mapping):
-        raise Invalid(where, f"{type(doc).__name__} is not a mapping with apiVersion, kind, "
+        raise InvalidInput(where, f"{type(doc).__name__} is not a mapping with apiVersion, kind, "
                       "metadata, spec")
     keys = {str(k): v for k, v in doc.items()}
     unknown = set(keys) - {"apiVersion", "kind", "metadata", "spec"}
     if unknown:
-        raise Invalid(f"{where}: {sorted(unknown)[0]}",
+        raise InvalidInput(f"{where}: {sorted(unknown)[0]}",
                       "unknown field; allowed: apiVersion, kind, metadata, spec")
     version = keys.get("apiVersion")
     if version != API_VERSION:
-        raise Invalid(f"{where}: apiVersion", f"{version!r}; allowed: {API_VERSION}")
+        raise InvalidInput(f"{where}: apiVersion", f"{version!r}; allowed: {API_VERSION}")
     kind_name = keys.get("kind")
     kind = kinds().get(kind_name.lower()) if isinstance(kind_name, str) else None
     if kind is None:
-        raise Invalid(f"{where}: kind", f"{kind_name!r} is unknown; "
+        raise InvalidInput(f"{where}: kind", f"{kind_name!r} is unknown; "
                       f"allowed: {', '.join(KIND_NAMES)}")
     metadata = keys.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
-        raise Invalid(f"{where}: metadata", "is not a mapping")
+        raise InvalidInput(f"{where}: metadata", "is not a mapping")
     if deleting and kind.delete is None:
-        raise Invalid(f"{where}: kind", f"{kind.name} objects cannot be deleted")
+        raise InvalidInput(f"{where}: kind", f"{kind.name} objects cannot be deleted")
     if "spec" not in keys:
-        raise Invalid(f"{where}: spec", "is required")
+        raise InvalidInput(f"{where}: spec", "is required")
     name = (metadata or {}).get("name")
     at = f"{where} ({kind.name}{f' {name}' if name else ''})"
     return Item(kind, kind.check(keys["spec"], f"{at}: spec"), at)
@@ -354,7 +301,7 @@ def _collect(attempts: Sequence[Callable[[], Item]], problems: list[str]) -> lis
     for attempt in attempts:
         try:
             items.append(attempt())
-        except Invalid as exc:
+        except InvalidInput as exc:
             problems.append(str(exc))
     _no_duplicates(items, problems)
     if problems:

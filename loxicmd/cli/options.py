@@ -22,7 +22,7 @@ from loxicmd.cli.render import OUTPUTS
 from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
 
 if TYPE_CHECKING:
-    from loxicmd.cli.client import Client
+    from loxicmd.api.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +45,7 @@ class Settings:
             print(f"loxicmd: debug: {message}", file=sys.stderr)
 
     def client(self) -> Client:
-        from loxicmd.cli.client import Client
+        from loxicmd.api.client import Client
 
         return Client(
             self.apiserver,
@@ -192,7 +192,7 @@ def perform(s: Settings, calls: Sequence[Call]) -> int:
     several one list of the result bodies of those that succeeded, in call order (so that
     ``jq`` or a YAML loader reads the output whole).
     """
-    from loxicmd.cli.client import AgentRefused, AgentUnreachable
+    from loxicmd.api.client import AgentRefused, AgentUnreachable
     from loxicmd.cli.render import print_result, print_results
 
     client = s.client()

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
+from loxicmd.api.wire import InvalidInput
 from loxicmd.cli import manifest
 from loxicmd.cli.options import Settings, global_options, settings
-from loxicmd.cli.schema import Invalid
 
 DEFAULT_DIR = "/etc/loxilb/"
 
@@ -78,7 +78,7 @@ def _write(path: Path, data: object) -> None:
 @click.pass_context
 def save_cmd(ctx: click.Context, all_: bool, lb: bool, endpoint: bool, config_dir: str) -> None:
     """Save the agent's configuration as files (the Go tool's names and JSON shapes)."""
-    from loxicmd.cli.client import AgentRefused
+    from loxicmd.api.client import AgentRefused
 
     if not (all_ or lb or endpoint):
         raise click.UsageError("give --all, --lb or --endpoint", ctx)
@@ -120,7 +120,7 @@ def save_objects(kind: manifest.Kind, body: Any, path: Path) -> int:
     objects = [o for o in objects if not (isinstance(o, dict) and o.get("ruleProbe"))]
     try:
         saved = [kind.check(obj, f"{kind.list_key}[{i}]") for i, obj in enumerate(objects)]
-    except Invalid as exc:
+    except InvalidInput as exc:
         click.echo(f"loxicmd: save {kind.name}: the agent's {exc}; {path.name} not written",
                    err=True)
         return 1

@@ -16,13 +16,13 @@ from loxicmd.cli.manifest import Item, Kind
 from loxicmd.cli.options import Call, Settings
 
 if TYPE_CHECKING:
-    from loxicmd.cli.client import Client
+    from loxicmd.api.client import Client
 
 
 def _current(client: Client, kind: Kind) -> dict[tuple[Any, ...], dict[str, Any] | None]:
     """The objects of ``kind`` the agent has now, by identity, as request bodies (None for
     one this loxicmd cannot post back: it is left alone by an undo)."""
-    from loxicmd.cli.client import AgentRefused
+    from loxicmd.api.client import AgentRefused
 
     try:
         body = client.get(kind.list_path).data
@@ -68,7 +68,7 @@ class Progress:
 
 def run(s: Settings, items: Sequence[Item], *, deleting: bool = False) -> int:
     """Apply (or delete) every item; on the first refusal undo the rest and return 1."""
-    from loxicmd.cli.client import AgentRefused, AgentUnreachable
+    from loxicmd.api.client import AgentRefused, AgentUnreachable
 
     client = s.client()
     involved = {item.kind.name: item.kind for item in items}
@@ -109,7 +109,7 @@ def run(s: Settings, items: Sequence[Item], *, deleting: bool = False) -> int:
 
 
 def _undo(client: Client, undo: list[Call]) -> None:
-    from loxicmd.cli.client import AgentError
+    from loxicmd.api.client import AgentError
 
     failed = 0
     for call in reversed(undo):

@@ -5,7 +5,7 @@
 Builds a namespace lab (client, LB node, two backends), starts the real ``loxilbd``,
 creates objects with the real ``loxicmd`` (``populate``), sends traffic so that conntrack
 has entries, and writes each GET body to ``tests/golden/api/<name>.json``. Then run
-``UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_cli_golden.py`` to refresh the
+``UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/cli/test_cli_golden.py`` to refresh the
 expected outputs, and review the diff. ``test_cli_live.py`` runs ``populate`` against a
 fresh agent and checks that its answers still have the shape of these captures.
 """

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli import args
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.nouns.bgpneighbor import ASN
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column
 
-PATH = "/config/bgp/global"
-
 LISTING = Listing(
-    "bgpglobal", PATH, None,
+    "bgpglobal", paths.BGP_GLOBAL, None,
     (Column("ROUTER ID", "routerId"), Column("LOCAL AS", "localAs"),
      Column("LISTEN PORT", "listenPort"), Column("NEXTHOP SELF", "SetNextHopSelf")),
 )
@@ -33,7 +32,8 @@ def create_bgpglobal(ctx: click.Context, router_id: str, local_as: int,
     body = {"routerId": router_id, "localAs": local_as, "SetNextHopSelf": nexthop_self}
     if listen_port is not None:
         body["listenPort"] = listen_port
-    ctx.exit(perform(settings(ctx), [Call("create bgpglobal", "POST", PATH, body=body)]))
+    call = Call("create bgpglobal", "POST", paths.BGP_GLOBAL, body=body)
+    ctx.exit(perform(settings(ctx), [call]))
 
 
 COMMANDS: dict[str, click.Command] = {

@@ -4,28 +4,22 @@ from __future__ import annotations
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli import args
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column, ip_key
 
-PATH = "/config/bgp/neigh"
 ASN_MAX = 2**32 - 1
 ASN = args.int_type("AS number", 1, ASN_MAX, "ASN")
 
 LISTING = Listing(
-    "bgpneighbor", f"{PATH}/all", "bgpNeiAttr",
+    "bgpneighbor", paths.BGP_NEIGH_ALL, "bgpNeiAttr",
     (Column("PEER", "ipAddress"), Column("AS", "remoteAs"), Column("UP/DOWN", "updowntime"),
      Column("STATE", "state", state=True)),
     wide=(Column("RECEIVED", "receivedPrefixes"), Column("ACCEPTED", "acceptedPrefixes")),
     sort_key=lambda r: ip_key(r.get("ipAddress", "")),
 )
-
-
-def path_delete(ip: str) -> str:
-    from loxicmd.cli.client import segment
-
-    return f"{PATH}/{segment(ip)}"
 
 
 @click.command("bgpneighbor")
@@ -41,7 +35,7 @@ def create_bgpnei(ctx: click.Context, ip: str, asn: int, remote_port: int | None
     body = {"ipAddress": ip, "remoteAs": asn, "setMultiHop": multihop}
     if remote_port is not None:
         body["remotePort"] = remote_port
-    ctx.exit(perform(settings(ctx), [Call(f"create bgpneighbor {ip}", "POST", PATH,
+    ctx.exit(perform(settings(ctx), [Call(f"create bgpneighbor {ip}", "POST", paths.BGP_NEIGH,
                                           body=body)]))
 
 
@@ -52,7 +46,8 @@ def create_bgpnei(ctx: click.Context, ip: str, asn: int, remote_port: int | None
 @click.pass_context
 def delete_bgpnei(ctx: click.Context, ip: str, asn: int) -> None:
     """Remove the BGP peer IP with AS number ASN."""
-    call = Call(f"delete bgpneighbor {ip}", "DELETE", path_delete(ip), query={"remoteAs": asn})
+    call = Call(f"delete bgpneighbor {ip}", "DELETE", paths.fill(paths.BGP_NEIGH_BY_IP, ip=ip),
+                query={"remoteAs": asn})
     ctx.exit(perform(settings(ctx), [call]))
 
 

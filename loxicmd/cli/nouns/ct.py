@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli import args
 from loxicmd.cli.complete import rule_names
 from loxicmd.cli.options import global_options, settings
@@ -16,9 +17,8 @@ from loxicmd.cli.render import Column, ip_key, render, render_pages
 from loxicmd.names import CONNTRACK_STATES
 
 if TYPE_CHECKING:
-    from loxicmd.cli.client import Client
+    from loxicmd.api.client import Client
 
-PATH_ALL = "/config/conntrack/all"
 PAGE_SIZE = 1000
 PAGE_SIZE_ENV = "LOXICMD_CT_PAGE_SIZE"  # hidden: lets the tests see several pages
 
@@ -77,7 +77,7 @@ def pages(client: Client, query: Mapping[str, Any], limit: int | None,
     remaining = limit
     while True:
         size = page_size if remaining is None else min(page_size, remaining)
-        body = client.get(PATH_ALL, query={**query, "limit": size, "after": after}).data
+        body = client.get(paths.CONNTRACK_ALL, query={**query, "limit": size, "after": after}).data
         if not isinstance(body, dict):
             body = {"ctAttr": []}
         entries = body.get("ctAttr") or []

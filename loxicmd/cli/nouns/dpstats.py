@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.render import Column
 
 LISTING = Listing(
-    "dpstats", "/config/dpstats", "dpStats",
+    "dpstats", paths.DPSTATS, "dpStats",
     (Column("REASON", "reason"), Column("PACKETS", "packets"), Column("BYTES", "bytes")),
 )
 

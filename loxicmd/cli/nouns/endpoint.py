@@ -6,19 +6,20 @@ from typing import Any
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli import args
+from loxicmd.cli.complete import endpoint_ips, endpoint_names
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.nouns.lb import NOT_IN_LOXILBD, PROBE_TYPES, UNSUPPORTED_PROBE_TYPES
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column, ip_key
+from loxicmd.names import PORTLESS_PROBE_TYPES
 
-PATH = "/config/endpoint"
 # Probe types without a port: the agent refuses a port with them and requires one (1..65535)
 # with every other type.
-PORTLESS_PROBE_TYPES = ("ping", "none")
 
 LISTING = Listing(
-    "endpoint", f"{PATH}/all", "Attr",
+    "endpoint", paths.ENDPOINT_ALL, "Attr",
     (Column("HOST", "hostName"), Column("NAME", "name"), Column("PTYPE", "probeType"),
      Column("PORT", "probePort"), Column("DURATION", "probeDuration"),
      Column("RETRIES", "inactiveReTries"), Column("MINDELAY", "minDelay"),
@@ -26,12 +27,6 @@ LISTING = Listing(
      Column("STATE", "currState", state=True)),
     sort_key=lambda r: (ip_key(r.get("hostName", "")), str(r.get("name", ""))),
 )
-
-
-def path_delete(ip: str) -> str:
-    from loxicmd.cli.client import segment
-
-    return f"{PATH}/epipaddress/{segment(ip)}"
 
 
 def body(ip: str, name: str | None, probetype: str, probeport: int | None,
@@ -81,13 +76,13 @@ def create_endpoint(ctx: click.Context, ip: str, name: str | None, probetype: st
     """Create a health probe for the endpoint IP."""
     check_probe_port(probetype, probeport, ctx)
     payload = body(ip, name, probetype, probeport, probereq, proberesp, period, retries)
-    ctx.exit(perform(settings(ctx), [Call(f"create endpoint {ip}", "POST", PATH,
+    ctx.exit(perform(settings(ctx), [Call(f"create endpoint {ip}", "POST", paths.ENDPOINT,
                                           body=payload)]))
 
 
 @click.command("endpoint")
-@click.argument("ip", metavar="IP", type=args.IP)
-@click.option("--name", help="Only the probe with this name.")
+@click.argument("ip", metavar="IP", type=args.IP, shell_complete=endpoint_ips)
+@click.option("--name", help="Only the probe with this name.", shell_complete=endpoint_names)
 @click.option("--probetype", type=click.Choice(PROBE_TYPES), help="Only this probe type.")
 @click.option("--probeport", type=args.PORT, help="Only this probe port.")
 @global_options()
@@ -96,7 +91,8 @@ def delete_endpoint(ctx: click.Context, ip: str, name: str | None, probetype: st
                     probeport: int | None) -> None:
     """Delete the health probe(s) of the endpoint IP."""
     query = {"name": name, "probe_type": probetype, "probe_port": probeport}
-    call = Call(f"delete endpoint {ip}", "DELETE", path_delete(ip), query=query)
+    call = Call(f"delete endpoint {ip}", "DELETE", paths.fill(paths.ENDPOINT_BY_IP, ip=ip),
+                query=query)
     ctx.exit(perform(settings(ctx), [call]))
 
 

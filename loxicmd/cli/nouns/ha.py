@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli import args
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column
 
-PATH = "/config/cistate"
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED")
 
 LISTING = Listing(
-    "hastate", f"{PATH}/all", "Attr",
+    "hastate", paths.CISTATE_ALL, "Attr",
     (Column("INSTANCE", "instance"), Column("HASTATE", "state", state=True)),
     wide=(Column("VIP", "vip"), Column("SYNC", "sync")),
     sort_key=lambda r: str(r.get("instance", "")),
@@ -31,7 +31,8 @@ def set_hastate(ctx: click.Context, instance: str, state: str, vip: str | None) 
     body = {"instance": instance, "state": state.upper()}
     if vip is not None:
         body["vip"] = vip
-    ctx.exit(perform(settings(ctx), [Call(f"set hastate {instance}", "POST", PATH, body=body)]))
+    call = Call(f"set hastate {instance}", "POST", paths.CISTATE, body=body)
+    ctx.exit(perform(settings(ctx), [call]))
 
 
 @click.command("hastate")
@@ -41,9 +42,8 @@ def set_hastate(ctx: click.Context, instance: str, state: str, vip: str | None) 
 def delete_hastate(ctx: click.Context, instance: str) -> None:
     """Forget the HA instance INSTANCE (one set by mistake, or whose keepalived instance is
     gone; `default` is always there)."""
-    from loxicmd.cli.client import segment
-
-    call = Call(f"delete hastate {instance}", "DELETE", f"{PATH}/instance/{segment(instance)}")
+    call = Call(f"delete hastate {instance}", "DELETE",
+                paths.fill(paths.CISTATE_INSTANCE, instance=instance))
     ctx.exit(perform(settings(ctx), [call]))
 
 

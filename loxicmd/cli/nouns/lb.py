@@ -8,46 +8,37 @@ from typing import Any, TextIO
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli import args
 from loxicmd.cli.args import Endpoint, PortMap, PortRange
 from loxicmd.cli.complete import rule_ips, rule_names
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column, ip_key, render
-from loxicmd.names import NAT_MODE_NAMES, PROTOCOLS, SELECTION_NAMES, code_for_name
+from loxicmd.names import LOXILB_PROBE_TYPES as PROBE_TYPES
+from loxicmd.names import (
+    LOXILBD_NAT_MODES,
+    LOXILBD_SELECTIONS,
+    NAT_MODE_NAMES,
+    OPER_ATTACH,
+    OPER_CREATE,
+    OPER_DETACH,
+    PROTOCOLS,
+    SELECTION_NAMES,
+    code_for_name,
+)
+from loxicmd.names import PROBE_TYPES as LOXILBD_PROBE_TYPES
 
 # ---- API paths (api.md) -------------------------------------------------------------------
 
 MARK_MAX = 2**32 - 1
-OPER_CREATE, OPER_ATTACH, OPER_DETACH = 0, 1, 2
-PROBE_TYPES = ("ping", "tcp", "udp", "sctp", "http", "https", "none")
 
 # What loxilbd refuses today (400 naming the field). The CLI still sends them, so that the
 # agent names the refusal and an agent that carries them out gets them; --help says so.
 NOT_IN_LOXILBD = "not supported by loxilbd yet"
-UNSUPPORTED_MODES = ("dsr", "fullproxy", "hostonearm")
-UNSUPPORTED_SELECTIONS = ("n2", "n3")
-UNSUPPORTED_PROBE_TYPES = ("sctp",)
-
-PATH = "/config/loadbalancer"
-PATH_ALL = "/config/loadbalancer/all"
-
-
-def path_name(name: str) -> str:
-    from loxicmd.cli.client import segment
-
-    return f"{PATH}/name/{segment(name)}"
-
-
-def path_rule(ip: str, port: int, port_max: int | None, protocol: str, host: str = "") -> str:
-    from loxicmd.cli.client import segment
-
-    path = PATH
-    if host:
-        path += f"/hosturl/{segment(host)}"
-    path += f"/externalipaddress/{segment(ip)}/port/{port}"
-    if port_max is not None and port_max != port:
-        path += f"/portmax/{port_max}"
-    return path + f"/protocol/{protocol}"
+UNSUPPORTED_MODES = tuple(m for m in NAT_MODE_NAMES.values() if m not in LOXILBD_NAT_MODES)
+UNSUPPORTED_SELECTIONS = tuple(s for s in SELECTION_NAMES.values()
+                               if s not in LOXILBD_SELECTIONS)
+UNSUPPORTED_PROBE_TYPES = tuple(t for t in PROBE_TYPES if t not in LOXILBD_PROBE_TYPES)
 
 
 # ---- columns ------------------------------------------------------------------------------
@@ -201,7 +192,11 @@ def build_rules(
     """One LoadbalanceEntry per port mapping per protocol (tcp, udp, sctp, then icmp).
 
     ``oper`` 1/2 attaches/detaches the endpoints to/from existing rules; ``probe`` holds the
-    monitor options given (probetype, probeport, probereq, proberesp), sent as they are."""
+    monitor options given (probetype, probeport, probereq, proberesp), sent as they are.
+    Without ``name`` the body names no service (an update then keeps the rule's name)."""
+    # imported here: listing rules (most runs) needs no request bodies
+    from loxicmd.api.lbentry import LoadbalanceEntry, LoadBalancerEndpoint, ServiceArguments
+
     mode_code = code_for_name(NAT_MODE_NAMES, mode)
     if mode_code is None:
         raise click.BadParameter(f"'{mode}': allowed: {', '.join(NAT_MODE_NAMES.values())}",
@@ -229,27 +224,14 @@ def build_rules(
 
     bodies = []
     for proto, pm in plan:
-        sa: dict[str, Any] = {"externalIP": external_ip, "port": pm.port}
-        if pm.port_max is not None:
-            sa["portMax"] = pm.port_max
-        sa.update(protocol=proto, sel=sel_code, mode=mode_code, bgp=bgp, monitor=monitor)
-        if inactive_timeout is not None:
-            sa["inactiveTimeOut"] = inactive_timeout
-        sa.update(block=mark, host=host)
-        if name is not None:  # left out: an update keeps the rule's name
-            sa["name"] = name
-        if oper != OPER_CREATE:
-            sa["oper"] = oper
-        sa.update(probe or {})
-        bodies.append({
-            "serviceArguments": sa,
-            "endpoints": [
-                {"endpointIP": ep.ip, "targetPort": pm.target, "weight": ep.weight}
-                for ep in endpoints
-            ],
-            "secondaryIPs": [{"secondaryIP": ip} for ip in secips],
-            "allowedSources": [{"prefix": prefix} for prefix in sources],
-        })
+        sa = ServiceArguments(
+            external_ip=external_ip, port=pm.port, port_max=pm.port_max or 0, protocol=proto,
+            sel=sel_code, mode=mode_code, bgp=bgp, monitor=monitor,
+            inactive_time_out=inactive_timeout or 0, block=mark, host=host,
+            name=name, oper=oper, **(probe or {}))
+        bodies.append(LoadbalanceEntry(
+            sa, [LoadBalancerEndpoint(ep.ip, pm.target, ep.weight) for ep in endpoints],
+            list(secips), list(sources)).to_json())
     return bodies
 
 
@@ -280,7 +262,7 @@ def delete_calls(
         sa = {"externalIP": external_ip, "protocol": proto, "port": rng.port,
               "portMax": rng.port_max}
         calls.append(Call(rule_label("delete", sa), "DELETE",
-                          path_rule(external_ip, rng.port, rng.port_max, proto, host),
+                          paths.lb_rule(external_ip, rng.port, rng.port_max, proto, host),
                           query=query or None))
     return calls
 
@@ -303,7 +285,7 @@ def _unsupported(values: Sequence[str]) -> str:
 def get_lb(ctx: click.Context, serv_name: str | None) -> None:
     """List load-balancer rules (-o wide: one line per endpoint)."""
     s = settings(ctx)
-    body = s.client().get(PATH_ALL).data
+    body = s.client().get(paths.LB_ALL).data
     show(body if serv_name is None else with_service_name(body, serv_name), s.output)
 
 
@@ -379,7 +361,7 @@ def create_lb(ctx: click.Context, external_ip: str, tcp: tuple[list[PortMap], ..
         name=name, host=host, sources=args.flatten(sources), secips=args.flatten(secips),
         oper=oper, probe={k: v for k, v in probe.items() if v is not None},
     )
-    calls = [Call(rule_label("create", b), "POST", PATH, body=b) for b in bodies]
+    calls = [Call(rule_label("create", b), "POST", paths.LB, body=b) for b in bodies]
     ctx.exit(perform(settings(ctx), calls))
 
 
@@ -423,9 +405,9 @@ def delete_lb(ctx: click.Context, external_ip: str | None, tcp: tuple[list[PortR
             if not click.confirm("Delete every load-balancer rule?", default=False, err=True):
                 click.echo("loxicmd: not confirmed; nothing deleted", err=True)
                 ctx.exit(1)
-        calls = [Call("delete lb --all", "DELETE", PATH_ALL)]
+        calls = [Call("delete lb --all", "DELETE", paths.LB_ALL)]
     elif name is not None:
-        calls = [Call(f"delete lb --name={name}", "DELETE", path_name(name))]
+        calls = [Call(f"delete lb --name={name}", "DELETE", paths.fill(paths.LB_NAME, name=name))]
     else:
         if external_ip is None:
             raise click.UsageError("missing EXTERNAL-IP (or use --name or --all)", ctx)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column
 
-PATH = "/config/params"
 LEVELS = ("debug", "info", "warning", "error")
 
-LISTING = Listing("log-level", PATH, None, (Column("LOG LEVEL", "logLevel"),))
+LISTING = Listing("log-level", paths.PARAMS, None, (Column("LOG LEVEL", "logLevel"),))
 
 
 @click.command("log-level")
@@ -20,7 +20,7 @@ LISTING = Listing("log-level", PATH, None, (Column("LOG LEVEL", "logLevel"),))
 @click.pass_context
 def set_log_level(ctx: click.Context, level: str) -> None:
     """Set the agent's log level."""
-    call = Call("set log-level", "POST", PATH, body={"logLevel": level.lower()})
+    call = Call("set log-level", "POST", paths.PARAMS, body={"logLevel": level.lower()})
     ctx.exit(perform(settings(ctx), [call]))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from loxicmd.api import paths
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.render import Column
 
@@ -34,7 +35,7 @@ def _get(key: str, fmt: Any) -> Any:
 
 
 LISTING = Listing(
-    "process", "/status/process", "processAttr",
+    "process", paths.PROCESS, "processAttr",
     (Column("PID", "pid"), Column("UPTIME", _get("uptimeSeconds", duration)),
      Column("RSS", _get("residentSize", kibibytes)), Column("CPU%", "CPUUsage"),
      Column("THREADS", "threads"), Column("FDS", "openFds"), Column("LOG LEVEL", "logLevel")),

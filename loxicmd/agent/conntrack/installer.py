@@ -1,0 +1,135 @@
+"""Places a flow in this node's conntrack table, as if its first packet had come here.
+
+A flow is placed by what it is, never by another node's numbers: the service by VIP, port,
+protocol and mark (the local rule that has that service key), the endpoint by address and
+port (the local rule's endpoint with them); rule ids, endpoint slots and monotonic times
+are this node's. The NAT source is kept as the flow has it: the endpoint's replies go to
+that address (for HA, the fullNAT private IP both nodes share). What a peer's conntrack
+sync needs, and what a restart could use to carry flows over.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from datapath import layouts as L
+
+from ..dataplane.dataplane import Dataplane
+from .flows import Flow
+
+
+class FlowNotPlaceable(LookupError):
+    """This node has no rule (or no such endpoint in it) for the flow."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a flow went on this node."""
+
+    rule_id: int
+    ep_slot: int
+    replaced: bool  # an entry for the flow was there already (now overwritten)
+
+
+def _port(port: int) -> int:
+    return L.port_to_be16(port)
+
+
+def _addr(wire: bytes) -> int:
+    """A wire address (4 bytes, network order) as a __be32 field holds it."""
+    return int(struct.unpack("=I", wire)[0])
+
+
+class FlowInstaller:
+    def __init__(self, dp: Dataplane) -> None:
+        self.dp = dp
+        self.services = dp.maps["lb_services"]
+        self.rules = dp.maps["lb_rules"]
+        self.endpoints = dp.maps["lb_endpoints"]
+        self.conntrack = dp.maps["lb_conntrack"]
+        self.loads = dp.maps["lb_ep_load"]
+
+    def place(self, flow: Flow) -> tuple[L.LbSvc, int]:
+        """The local service and endpoint slot of a flow (FlowNotPlaceable otherwise)."""
+        icmp = flow.proto == socket.IPPROTO_ICMP
+        key = L.LbSvcKey(vip=_addr(flow.vip), port=0 if icmp else _port(flow.vip_port),
+                         proto=flow.proto, mark=flow.mark)
+        svc = self.services.lookup(key)
+        if svc is None:
+            raise FlowNotPlaceable(
+                f"no rule for {socket.inet_ntoa(flow.vip)}:{flow.vip_port}/{flow.protocol}"
+                + (f" mark {flow.mark}" if flow.mark else "") + " on this node")
+        slots = self.rules.lookup(svc.rule_id)
+        want_addr = _addr(flow.endpoint)
+        for slot in (list(slots.slots[:slots.ep_count]) if slots is not None else []):
+            ep = self.endpoints.lookup(slot)
+            if ep is None or ep.addr != want_addr:
+                continue
+            # port 0 keeps the port the client used
+            port = L.be16_to_port(ep.port) if ep.port else flow.vip_port
+            if icmp or port == flow.endpoint_port:
+                return svc, slot
+        raise FlowNotPlaceable(f"endpoint {flow.endpoint_ip}:{flow.endpoint_port} is not in "
+                               f"the rule of {flow.vip_ip}:{flow.vip_port}/{flow.protocol} "
+                               "on this node")
+
+    def install(self, flow: Flow, now_ns: int | None = None) -> Placement:
+        """Write both entries of the flow (the reply one first, so that the endpoint's
+        answer finds its way back as soon as the original one exists)."""
+        svc, slot = self.place(flow)
+        now = time.monotonic_ns() if now_ns is None else now_ns  # the datapath's clock
+        icmp = flow.proto == socket.IPPROTO_ICMP
+        orig_key = L.LbCtKey(saddr=_addr(flow.client), daddr=_addr(flow.vip),
+                             sport=_port(flow.client_port),
+                             dport=0 if icmp else _port(flow.vip_port), proto=flow.proto)
+        reply_key = L.LbCtKey(saddr=_addr(flow.endpoint), daddr=_addr(flow.nat_source),
+                              sport=0 if icmp else _port(flow.endpoint_port),
+                              dport=_port(flow.nat_port), proto=flow.proto)
+        ports = 0 if icmp else 1
+        orig = self._entry(flow, svc, slot, now, L.CtDir.ORIGINAL, reply_key)
+        orig.xlate_daddr, orig.xlate_dport = _addr(flow.endpoint), _port(flow.endpoint_port)
+        orig.xlate = L.Xlate.DADDR | (L.Xlate.DPORT if ports else 0)
+        orig.seq_next = flow.client_seq_next
+        orig.packets, orig.bytes = flow.packets_to_endpoint, flow.bytes_to_endpoint
+        reply = self._entry(flow, svc, slot, now, L.CtDir.REPLY, orig_key)
+        reply.xlate_saddr, reply.xlate_sport = _addr(flow.vip), _port(flow.vip_port)
+        reply.xlate = L.Xlate.SADDR | (L.Xlate.SPORT if ports else 0)
+        reply.seq_next = flow.endpoint_seq_next
+        reply.packets, reply.bytes = flow.packets_to_client, flow.bytes_to_client
+        if flow.snat:
+            orig.xlate_saddr, orig.xlate_sport = _addr(flow.nat_source), _port(flow.nat_port)
+            orig.xlate |= L.Xlate.SADDR | (L.Xlate.SPORT if ports else 0)
+            reply.xlate_daddr, reply.xlate_dport = _addr(flow.client), _port(flow.client_port)
+            reply.xlate |= L.Xlate.DADDR | (L.Xlate.DPORT if ports else 0)
+        open_flow = flow.state != L.CtState.CLOSED
+        orig.flags = L.CtFlags.COUNTED if open_flow else L.CtFlags.REPORTED_CLOSED
+        # The endpoint's load (least-connections) counts open flows once: what an entry
+        # already here counted is given back first. The datapath changes loads with
+        # atomic adds; this read-modify-write can lose one of them in a race, which only
+        # skews lc's choice by one flow.
+        existing = self.conntrack.lookup(orig_key)
+        if existing is not None and existing.flags & L.CtFlags.COUNTED:
+            self._add_load(existing.ep_slot, -1)
+        self.conntrack.update(reply_key, reply)
+        self.conntrack.update(orig_key, orig)
+        if open_flow:
+            self._add_load(slot, 1)
+        return Placement(svc.rule_id, slot, existing is not None)
+
+    @staticmethod
+    def _entry(flow: Flow, svc: L.LbSvc, slot: int, now: int, direction: int,
+               peer: L.LbCtKey) -> L.LbCtEntry:
+        age = max(0, flow.last_seen_ns - flow.created_ns)
+        return L.LbCtEntry(peer=peer, rule_id=svc.rule_id, ep_slot=slot,
+                           timeout_s=svc.timeout_s, dir=direction, state=flow.state,
+                           fin_seen=flow.fin_seen, nat_mode=flow.nat_mode,
+                           created_ns=max(0, now - age), last_seen_ns=now)
+
+    def _add_load(self, slot: int, delta: int) -> None:
+        load = self.loads.lookup(slot)
+        if load is not None:
+            load.active = max(0, load.active + delta)
+            self.loads.update(slot, load)

@@ -1,0 +1,293 @@
+"""The one decoder of conntrack entries and events (loxicmd/agent/conntrack/flows.py),
+fed with LbEvent values built as the datapath builds them (conntrack.h lb_ct_create /
+lb_ct_emit): a DNAT tcp flow, a fullNAT flow, an ICMP echo flow."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import socket
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from datapath.layouts import (
+    CtState,
+    EventType,
+    LbCtEntry,
+    LbCtKey,
+    LbEvent,
+    NatMode,
+    Reason,
+    Xlate,
+    ip_to_be32,
+    port_to_be16,
+)
+from loxicmd.agent.conntrack import flows
+from loxicmd.agent.conntrack.flows import EVENT_FIELDS, Flow, event_reader, read_event
+
+CLIENT, VIP, EP, SNAT = "198.18.1.2", "198.18.100.1", "198.18.11.2", "198.18.5.5"
+SEC = 1_000_000_000
+
+
+def wire(ip: str) -> bytes:
+    return socket.inet_aton(ip)
+
+
+def make_event(
+    *,
+    etype: int = EventType.NEW,
+    reason: int = Reason.NONE,
+    proto: int = socket.IPPROTO_TCP,
+    client: tuple[str, int] = (CLIENT, 40000),
+    vip: tuple[str, int] = (VIP, 2020),
+    endpoint: tuple[str, int] = (EP, 8080),
+    nat: tuple[str, int] | None = None,
+    state: CtState = CtState.EST,
+    rule_id: int = 7,
+    ep_slot: int = 3,
+    seqs: tuple[int, int] = (0, 0),
+    counts: tuple[int, int, int, int] = (0, 0, 0, 0),
+    times: tuple[int, int, int] = (0, 0, 0),
+    timeout_s: int = 240,
+    fin_seen: int = 0,
+    flags: int = 0,
+) -> LbEvent:
+    """An event with both entries of one flow. `seqs` (client's next, endpoint's next),
+    `counts` (packets and bytes to the endpoint, then to the client), `times` (created,
+    last seen of the original entry, last seen of the reply entry)."""
+    ev = LbEvent()
+    ev.type, ev.reason, ev.rule_id, ev.ts_ns = etype, reason, rule_id, 123 * SEC
+    k = ev.key
+    k.saddr, k.daddr = ip_to_be32(client[0]), ip_to_be32(vip[0])
+    k.sport, k.dport, k.proto = port_to_be16(client[1]), port_to_be16(vip[1]), proto
+    o, r = ev.orig, ev.reply
+    o.peer = k
+    o.xlate_daddr, o.xlate_dport = ip_to_be32(endpoint[0]), port_to_be16(endpoint[1])
+    o.xlate = Xlate.DADDR | Xlate.DPORT
+    o.nat_mode = r.nat_mode = NatMode.DEFAULT
+    src = client
+    if nat is not None:
+        o.xlate_saddr, o.xlate_sport = ip_to_be32(nat[0]), port_to_be16(nat[1])
+        o.xlate |= Xlate.SADDR | Xlate.SPORT
+        o.nat_mode = r.nat_mode = NatMode.FULLNAT
+        src = nat
+    # reply direction: endpoint -> client (or the NAT source), rewritten back to the VIP
+    r.peer.saddr, r.peer.daddr = o.xlate_daddr, ip_to_be32(src[0])
+    r.peer.sport, r.peer.dport, r.peer.proto = o.xlate_dport, port_to_be16(src[1]), proto
+    r.dir = 1
+    r.xlate_saddr, r.xlate_sport = k.daddr, k.dport
+    r.xlate = Xlate.SADDR | Xlate.SPORT
+    for e in (o, r):
+        e.state, e.rule_id, e.ep_slot, e.timeout_s = state, rule_id, ep_slot, timeout_s
+        e.created_ns = times[0]
+        e.fin_seen, e.flags = fin_seen, flags
+    o.last_seen_ns, r.last_seen_ns = times[1], times[2]
+    o.seq_next, r.seq_next = seqs
+    o.packets, o.bytes, r.packets, r.bytes = counts
+    return ev
+
+
+def tcp_dnat() -> LbEvent:
+    return make_event(etype=EventType.CLOSED, reason=Reason.FIN, state=CtState.FINI,
+                      seqs=(1_000_001, 0xFFFF_FFF0), counts=(6, 512, 5, 9000),
+                      times=(10 * SEC, 12 * SEC, 13 * SEC), fin_seen=1, flags=1)
+
+
+def fullnat() -> LbEvent:
+    return make_event(proto=socket.IPPROTO_UDP, client=(CLIENT, 5353), vip=(VIP, 53),
+                      endpoint=(EP, 5300), nat=(SNAT, 61000), state=CtState.UDP_EST,
+                      counts=(1, 80, 1, 120), times=(5, 9, 7), timeout_s=20)
+
+
+def icmp_echo() -> LbEvent:
+    """Echo: the identifier rides as the client's port; the service has none."""
+    return make_event(etype=EventType.EXPIRED, reason=Reason.TIMEOUT, proto=socket.IPPROTO_ICMP,
+                      client=(CLIENT, 0x1234), vip=(VIP, 0), endpoint=(EP, 0),
+                      state=CtState.ICMP_BIDIR, counts=(3, 252, 3, 252), timeout_s=20)
+
+
+# --------------------------------------------------------------------------- from_event
+
+
+def test_a_dnat_tcp_flow_decodes_addresses_ports_and_the_untranslated_source() -> None:
+    """DNAT: the endpoint sees the client's own address and port; nat_ip is ""."""
+    f = Flow.from_event(tcp_dnat())
+    assert (f.proto, f.protocol) == (socket.IPPROTO_TCP, "tcp")
+    assert (f.client, f.vip, f.endpoint) == (wire(CLIENT), wire(VIP), wire(EP))
+    assert (f.client_ip, f.vip_ip, f.endpoint_ip) == (CLIENT, VIP, EP)
+    assert (f.client_port, f.vip_port, f.endpoint_port) == (40000, 2020, 8080)
+    assert f.snat is False and f.nat_ip == ""
+    assert (f.nat_source, f.nat_port) == (wire(CLIENT), 40000)
+    assert f.nat_mode == NatMode.DEFAULT
+
+
+def test_a_dnat_tcp_flow_carries_counters_per_direction_and_both_sequence_numbers() -> None:
+    """Resets need each end's next sequence number; the audit log each direction's count."""
+    f = Flow.from_event(tcp_dnat())
+    assert (f.packets_to_endpoint, f.bytes_to_endpoint) == (6, 512)
+    assert (f.packets_to_client, f.bytes_to_client) == (5, 9000)
+    assert (f.packets, f.bytes) == (11, 9512)
+    assert (f.client_seq_next, f.endpoint_seq_next) == (1_000_001, 0xFFFF_FFF0)
+    assert (f.state, f.state_word, f.fin_seen) == (CtState.FINI, "fini", 1)
+    assert (f.event, f.reason) == (EventType.CLOSED, Reason.FIN)
+    assert (f.rule_id, f.ep_slot, f.timeout_s, f.flags) == (7, 3, 240, 1)
+    assert f.created_ns == 10 * SEC
+    assert f.last_seen_ns == 13 * SEC  # the later of the two entries
+    assert f.mark == 0
+
+
+def test_a_fullnat_flow_has_the_translated_source_and_port() -> None:
+    """xlate SADDR|SPORT: the endpoint sees the SNAT address and port."""
+    f = Flow.from_event(fullnat())
+    assert (f.protocol, f.state_word) == ("udp", "udp-est")
+    assert f.snat is True
+    assert (f.nat_source, f.nat_ip, f.nat_port) == (wire(SNAT), SNAT, 61000)
+    assert (f.client_ip, f.client_port) == (CLIENT, 5353)
+    assert (f.vip_ip, f.vip_port, f.endpoint_ip, f.endpoint_port) == (VIP, 53, EP, 5300)
+    assert f.nat_mode == NatMode.FULLNAT
+    assert (f.packets, f.bytes, f.timeout_s) == (2, 200, 20)
+    assert f.last_seen_ns == 9  # the original entry's is the later one here
+    assert (f.event, f.reason) == (EventType.NEW, 0)
+
+
+def test_an_icmp_echo_flow_has_the_identifier_as_client_port_and_no_service_port() -> None:
+    """ICMP echo: the client's port is the identifier; the VIP and endpoint have none."""
+    f = Flow.from_event(icmp_echo())
+    assert (f.protocol, f.state_word) == ("icmp", "bidir")
+    assert (f.client_port, f.vip_port, f.endpoint_port) == (0x1234, 0, 0)
+    assert (f.nat_port, f.nat_ip) == (0x1234, "")
+    assert (f.endpoint_ip, f.event, f.reason) == (EP, EventType.EXPIRED, Reason.TIMEOUT)
+
+
+def test_ports_are_host_integers_whatever_the_byte_order() -> None:
+    """Ports whose two bytes differ catch a missing or doubled byte swap."""
+    f = Flow.from_event(make_event(client=(CLIENT, 0x0102), vip=(VIP, 0x0304),
+                                   endpoint=(EP, 0xABCD), nat=(SNAT, 0xFE01)))
+    assert (f.client_port, f.vip_port, f.endpoint_port, f.nat_port) == (
+        0x0102, 0x0304, 0xABCD, 0xFE01)
+
+
+def test_an_entry_without_address_translation_keeps_the_vip_as_endpoint() -> None:
+    """No DADDR/DPORT in xlate: the packet went to the VIP's own address and port."""
+    ev = make_event()
+    ev.orig.xlate = 0
+    f = Flow.from_event(ev)
+    assert (f.endpoint_ip, f.endpoint_port, f.snat) == (VIP, 2020, False)
+
+
+def test_from_event_reads_bytes_of_the_ring_buffer_as_the_structure() -> None:
+    """The ring buffer hands raw bytes (bytes, bytearray, memoryview)."""
+    ev = tcp_dnat()
+    raw = bytes(ev)
+    assert len(raw) == ctypes.sizeof(LbEvent)
+    expected = Flow.from_event(ev)
+    for buf in (raw, bytearray(raw), memoryview(raw)):
+        assert Flow.from_event(buf) == expected
+
+
+def test_unknown_protocols_and_states_are_shown_as_numbers() -> None:
+    """A new state in the datapath must not crash a listing."""
+    ev = make_event(proto=47)
+    ev.orig.state = 99
+    f = Flow.from_event(ev)
+    assert (f.protocol, f.state_word) == ("47", "99")
+
+
+# --------------------------------------------------------------------------- from_entries
+
+
+@pytest.mark.parametrize("build", [tcp_dnat, fullnat, icmp_echo])
+def test_from_entries_decodes_map_entries_as_from_event_does(
+        build: Callable[[], LbEvent]) -> None:
+    """The listing reads the map, the audit log the event: the same flow, but for the
+    event's own fields."""
+    ev = build()
+    from_map = Flow.from_entries(ev.key, ev.orig, ev.reply)
+    from_event = Flow.from_event(ev)
+    assert from_event.event != 0
+    assert (from_map.event, from_map.reason) == (0, 0)
+    assert from_map == dataclasses.replace(from_event, event=0, reason=0)
+
+
+def test_from_entries_without_a_reply_entry_has_no_reply_direction() -> None:
+    """The reply entry may be gone (LRU): zero counters and sequence number back."""
+    ev = tcp_dnat()
+    f = Flow.from_entries(ev.key, ev.orig, None)
+    assert (f.packets_to_client, f.bytes_to_client, f.endpoint_seq_next) == (0, 0, 0)
+    assert (f.packets_to_endpoint, f.client_seq_next) == (6, 1_000_001)
+    assert f.last_seen_ns == 12 * SEC
+
+
+def test_from_entries_reads_fresh_structures() -> None:
+    """Built field by field as the listing's map reads give them."""
+    key, orig = LbCtKey(), LbCtEntry()
+    key.saddr, key.daddr = ip_to_be32(CLIENT), ip_to_be32(VIP)
+    key.sport, key.dport, key.proto = port_to_be16(1), port_to_be16(2), socket.IPPROTO_UDP
+    orig.xlate = Xlate.DADDR
+    orig.xlate_daddr = ip_to_be32(EP)
+    orig.packets = 4
+    f = Flow.from_entries(key, orig, None)
+    assert (f.client_ip, f.client_port, f.vip_port, f.endpoint_ip, f.endpoint_port) == (
+        CLIENT, 1, 2, EP, 2)
+    assert (f.protocol, f.packets) == ("udp", 4)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_event_fields_match_the_tuple_read_event_gives() -> None:
+    """EV indexes read_event's tuple by these names: their counts must agree."""
+    values = read_event(tcp_dnat())
+    assert len(EVENT_FIELDS) == len(values)
+    assert len(set(EVENT_FIELDS)) == len(EVENT_FIELDS)
+    assert flows.EV == {name: i for i, name in enumerate(EVENT_FIELDS)}
+
+
+def test_read_event_puts_each_named_field_at_its_index() -> None:
+    """Spot checks through EV: header, key, both entries."""
+    v = read_event(tcp_dnat())
+    ev = flows.EV
+    assert v[ev["type"]] == EventType.CLOSED and v[ev["reason"]] == Reason.FIN
+    assert v[ev["rule_id"]] == 7 and v[ev["ts_ns"]] == 123 * SEC
+    assert v[ev["key.saddr"]] == wire(CLIENT) and v[ev["key.daddr"]] == wire(VIP)
+    assert socket.ntohs(v[ev["key.dport"]]) == 2020
+    assert v[ev["orig.xlate_daddr"]] == wire(EP)
+    assert (v[ev["orig.packets"]], v[ev["reply.bytes"]]) == (6, 9000)
+    assert v[ev["reply.peer.saddr"]] == wire(EP) and v[ev["reply.dir"]] == 1
+    assert v[ev["reply.seq_next"]] == 0xFFFF_FFF0
+
+
+def test_event_reader_reads_only_the_fields_asked_for() -> None:
+    """The audit log's hot path: one struct call, these fields in this order."""
+    read = event_reader(["type", "key.proto", "orig.packets", "reply.packets", "reply.bytes"])
+    assert read(tcp_dnat()) == (EventType.CLOSED, socket.IPPROTO_TCP, 6, 5, 9000)
+    assert read(bytes(icmp_echo())) == (EventType.EXPIRED, socket.IPPROTO_ICMP, 3, 3, 252)
+    full = read_event(fullnat())
+    subset = ["key.saddr", "orig.xlate_saddr", "orig.nat_mode", "reply.last_seen_ns"]
+    assert event_reader(subset)(fullnat()) == tuple(full[flows.EV[n]] for n in subset)
+
+
+def test_event_reader_refuses_fields_out_of_layout_order_or_unknown() -> None:
+    """Out of order would read the wrong bytes silently."""
+    with pytest.raises(ValueError, match="type: fields must be listed in layout order"):
+        event_reader(["key.proto", "type"])
+    with pytest.raises(KeyError):
+        event_reader(["orig.nonesuch"])
+
+
+def test_the_one_byte_offsets_point_at_the_type_and_the_protocol() -> None:
+    """Readers skip events on one byte without decoding them."""
+    raw = bytes(fullnat())
+    assert raw[flows.EVENT_TYPE_OFFSET] == EventType.NEW
+    assert raw[flows.EVENT_PROTO_OFFSET] == socket.IPPROTO_UDP
+    assert flows.EVENT_PROTO_OFFSET == LbEvent.key.offset + LbCtKey.proto.offset
+
+
+def test_the_event_reader_format_covers_the_structure() -> None:
+    """The last field read ends inside the event (a layout change would show here)."""
+    values = read_event(tcp_dnat())
+    assert values[-1] == 9000  # reply.bytes, the structure's last field
+    assert struct.calcsize("=Q") + LbEvent.reply.offset + LbCtEntry.bytes.offset == (
+        ctypes.sizeof(LbEvent))

@@ -1,0 +1,199 @@
+"""A restart keeps every rule: over 500 rules of every kind carry traffic before and after.
+
+The agent once read the pinned service map with a wrong value stride after a restart, took
+live services for rules deleted while it was away, and removed them: some VIPs refused
+connections while `get lb` still listed them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+from dp_harness import NetnsThread, tcp
+from lab import Lab, Topology, http_get, tcplb_topology, wait_for
+from lbnode import LbNode
+from testpaths import CLIENT_SCRIPT
+
+from datapath.libbpf import prog_test_run
+from loxicmd.agent.dataplane.dataplane import Dataplane
+from loxicmd.agent.store.journal import StateStore
+
+pytestmark = pytest.mark.e2e
+
+
+
+def _rule(vip: str, port: int, eps: list[str], *, proto: str = "tcp", target: int = 8080,
+          port_max: int = 0, **svc: Any) -> dict[str, Any]:
+    sources = svc.pop("sources", None)
+    body: dict[str, Any] = {
+        "serviceArguments": {"externalIP": vip, "port": port, "portMax": port_max,
+                             "protocol": proto, **svc},
+        "endpoints": [{"endpointIP": ip, "targetPort": target, "weight": 1} for ip in eps],
+    }
+    if sources:
+        body["allowedSources"] = [{"prefix": p} for p in sources]
+    return body
+
+
+def rules_of_every_kind(topo: Topology) -> tuple[list[dict[str, Any]], list[str]]:
+    """Over 500 rules and the traffic targets (``tcp|udp VIP PORT``) that must answer."""
+    eps = topo.backend_ips
+    client_net = topo.client_ip.rsplit(".", 1)[0] + ".0/24"
+    kinds: list[tuple[int, dict[str, Any]]] = [
+        (120, {}),                                     # rr, DNAT
+        (60, {"proto": "udp"}),
+        (40, {"port_max": 3003, "port": 3000}),        # port ranges
+        (60, {"mode": 2}),                             # fullNAT
+        (40, {"mode": 1}),                             # one-arm
+        (60, {"sel": 1}),                              # hash (Maglev)
+        (30, {"sel": 2}),                              # priority
+        (30, {"sel": 3}),                              # persist
+        (30, {"sel": 4}),                              # lc
+        (40, {"sources": [client_net]}),               # allow-lists
+        (40, {"block": 0}),                            # marks (block set per rule below)
+    ]
+    bodies: list[dict[str, Any]] = []
+    targets: list[str] = []
+    n = 0
+    for count, kind in kinds:
+        for _ in range(count):
+            vip = f"198.18.{100 + n // 200}.{1 + n % 200}"
+            opts = dict(kind)
+            port = opts.pop("port", 80)
+            proto = opts.pop("proto", "tcp")
+            marked = "block" in opts
+            if marked:
+                opts["block"] = 1000 + n
+            bodies.append(_rule(vip, port, eps, proto=proto, name=f"svc{n}", **opts))
+            if not marked:  # a packet's mark does not survive the veth from the client
+                last = opts.get("port_max") or port
+                targets += [f"{proto} {vip} {p}" for p in sorted({port, last})]
+            n += 1
+    return bodies, targets
+
+
+def sweep(topo: Topology, targets: list[str]) -> dict[str, str]:
+    """Each target's answer (a backend's name) or error, from one client process."""
+    cp = topo.client.run("python3", CLIENT_SCRIPT, "sweep", "--timeout", "2",
+                         input="\n".join(targets) + "\n", timeout=600)
+    out = {}
+    for line in cp.stdout.splitlines():
+        row = json.loads(line)
+        out[row["target"]] = row.get("answer") or f"ERROR {row.get('error')}"
+    return out
+
+
+def marked_rules_forward(node: LbNode, bodies: list[dict[str, Any]]) -> list[str]:
+    """Marked rules, checked with the real program on the node's pinned maps (test-run with
+    the mark in the packet's context): what failed to reach one of the rule's endpoints."""
+    failures = []
+    netns = NetnsThread()  # the route lookups of the datapath see the lab's addresses
+    try:
+        dp = Dataplane(node.pin_dir)
+        try:
+            for i, body in enumerate(b for b in bodies if b["serviceArguments"].get("block")):
+                sa = body["serviceArguments"]
+                ctx = bytearray(12)
+                ctx[8:12] = sa["block"].to_bytes(4, "little")
+                frame = bytes(tcp(dst=sa["externalIP"], dport=sa["port"], sport=30000 + i))
+                res = prog_test_run(dp.prog_fd, frame, ctx=bytes(ctx))
+                dst = socket.inet_ntoa(res.data[30:34])
+                if dst not in {ep["endpointIP"] for ep in body["endpoints"]}:
+                    failures.append(f"{sa['externalIP']} mark {sa['block']}: to {dst} "
+                                    f"(verdict {res.retval})")
+        finally:
+            dp.close()
+    finally:
+        netns.leave()
+    return failures
+
+
+def test_restart_keeps_500_rules_of_every_kind_carrying_traffic(lab: Lab) -> None:
+    topo = tcplb_topology(lab, n_backends=3)
+    node = LbNode(lab, topo.lb, topo.lb_ifaces).start()
+    bodies, targets = rules_of_every_kind(topo)
+    assert len(bodies) >= 500
+    assert set(node.bulk_post("/config/loadbalancer", bodies)) == {200}
+    before = node.rules()
+    assert len(before) == len(bodies)
+
+    def all_answer() -> None:
+        answers = sweep(topo, targets)
+        bad = {t: a for t, a in answers.items()
+               if a.split(":")[0] not in topo.backend_names}  # udp: "name:payload"
+        assert not bad, f"{len(bad)} of {len(targets)} targets failed, e.g. " \
+            f"{list(bad.items())[:5]}"
+        assert not marked_rules_forward(node, bodies)
+
+    all_answer()
+    for _ in range(2):  # two restarts: the second reads what the first one wrote back
+        assert node.stop() == 0
+        node.start()
+        log = node.log()
+        assert "deleted while the agent was away" not in log, log[-2000:]
+        assert node.rules() == node.rules()  # stable
+        assert [r["serviceArguments"] for r in node.rules()] == \
+            [r["serviceArguments"] for r in before]
+        all_answer()
+    # creating one again is "exists", not a second copy
+    status, answer = node.api("POST", "/config/loadbalancer", bodies[0])
+    assert status == 409, answer
+
+
+def test_restart_with_an_endpoint_out_of_reach_starts_and_takes_it_back(lab: Lab) -> None:
+    """A fullnat endpoint the node has no route to when the agent restores its rule (a
+    link still down at boot) gets no new flows until the route is back; the agent starts."""
+    topo = tcplb_topology(lab, n_backends=3)
+    node = LbNode(lab, topo.lb, topo.lb_ifaces).start()
+    eps = ",".join(f"{ip}:1" for ip in topo.backend_ips)
+    node.loxicmd("create", "lb", "198.18.100.1", "--tcp=2020:8080", f"--endpoints={eps}",
+                 "--mode=fullnat", check=True)
+    assert node.stop() == 0
+    topo.lb.ip("link", "set", "lbs3", "down")
+    node.start()
+    assert "no route to endpoint 198.18.13.2" in node.log()
+
+    def states() -> dict[str, str]:
+        (rule,) = node.rules()
+        return {ep["endpointIP"]: ep["state"] for ep in rule["endpoints"]}
+
+    assert states()["198.18.13.2"] == "inactive"
+    names = [http_get(topo.client, "http://198.18.100.1:2020/").strip() for _ in range(6)]
+    assert set(names) == {"server1", "server2"}, names
+    topo.lb.ip("link", "set", "lbs3", "up")
+    wait_for(lambda: states()["198.18.13.2"] == "active", timeout=15,
+             what="the endpoint back once its route is")
+    names = [http_get(topo.client, "http://198.18.100.1:2020/").strip() for _ in range(6)]
+    assert "server3" in names
+
+
+def test_state_written_before_the_probe_period_change_keeps_its_probing(lab: Lab) -> None:
+    """Records without a format were written when a rule's probeTimeout was the attempt
+    timeout of probes run every 10 s, and an omitted probeDuration meant 10 s: restored,
+    they probe as they did."""
+    topo = tcplb_topology(lab, n_backends=2)
+    node = LbNode(lab, topo.lb, topo.lb_ifaces)
+    rules = StateStore(node.state_dir)
+    rules.load()
+    rules.put("0", {"ruleId": 0, "slots": [[ip, 8080, i] for i, ip in
+                                           enumerate(topo.backend_ips)],
+                    "entry": {"serviceArguments": {
+                        "externalIP": "198.18.100.1", "port": 2020, "protocol": "tcp",
+                        "monitor": True, "probetype": "tcp", "probeTimeout": 2,
+                        "probeRetries": 2},
+                        "endpoints": [{"endpointIP": ip, "targetPort": 8080, "weight": 1}
+                                      for ip in topo.backend_ips]}})
+    rules.close()
+    probes = StateStore(node.state_dir, "endpoints", lock=False)
+    probes.load()
+    probes.put("p", {"kind": "endpoint", "body": {"hostName": "198.18.77.7",
+                                                  "name": "p", "probeType": "ping"}})
+    probes.close()
+    node.start()
+    (rule,) = node.rules()
+    assert rule["serviceArguments"]["probeTimeout"] == 10
+    status, eps = node.api("GET", "/config/endpoint/all")
+    assert {e["name"]: e["probeDuration"] for e in eps["Attr"]}["p"] == 10
