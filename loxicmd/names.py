@@ -51,6 +51,7 @@ PORTLESS_PROBE_TYPES: tuple[str, ...] = ("ping", "none")
 HA_STATES: tuple[str, ...] = ("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED")
 # Host states of POST /config/endpointhoststate.
 HOST_STATES: tuple[str, ...] = ("green", "yellow", "red")
+HOST_GREEN, HOST_YELLOW, HOST_RED = HOST_STATES
 
 # The words of the datapath's enums (datapath/layouts.py, by member name), as the API
 # (conntrackState, dpStats) and the audit log show them.

@@ -148,7 +148,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     from .dataplane.dataplane import Dataplane, interfaces_in_namespace
     from .events.audit import AuditLog
     from .events.pump import EventPump, Periodic, sweeper
-    from .ha.states import CIStateStore
+    from .ha.states import HaStates
     from .health.endpoints import EndpointTable
     from .health.monitor import HealthMonitor
     from .lb.table import RuleTable
@@ -196,7 +196,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
         dp.detach_all()
         raise
     return AgentParts(rules=table, flows=FlowListing(table), endpoints=endpoints,
-                      ha=CIStateStore(state_dir), state_dir=str(state_dir), pin_dir=pin_dir)
+                      ha=HaStates(state_dir), state_dir=str(state_dir), pin_dir=pin_dir)
 
 
 def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:

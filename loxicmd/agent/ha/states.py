@@ -19,7 +19,7 @@ DEFAULT_INSTANCE = "default"
 MAX_INSTANCE_LEN = 64
 
 
-def parse_cistate(body: Any) -> dict[str, str]:
+def parse_ha_state(body: Any) -> dict[str, str]:
     """A POST /config/cistate body as ``{"instance", "state", "vip"}`` (state upper-case,
     VIP canonical; the default instance when none is named)."""
     b = check("CIStatusEntry", body, unknown="ignore")
@@ -30,15 +30,16 @@ def parse_cistate(body: Any) -> dict[str, str]:
     return {"instance": instance, "state": b["state"], "vip": b.get("vip", "")}
 
 
-class CIStateStore:
+class HaStates:
     """Instance states, kept in the state directory's `cistate` journal (the
     same store as rules); the default instance starts NOT_DEFINED as in LoxiLB."""
 
     def __init__(self, state_dir: str | Path) -> None:
+        # the journal keeps the API's name (cistate) so that state directories carry over
         self.store = StateStore(state_dir, "cistate", lock=False)
         self._lock = threading.Lock()
         try:
-            self._states = {name: parse_cistate(entry)
+            self._states = {name: parse_ha_state(entry)
                             for name, entry in self.store.load().items()}
         except InvalidInput as exc:
             raise ValueError(f"{self.store.path}: {exc}; fix or move it away") from None
@@ -65,7 +66,7 @@ class CIStateStore:
             del self._states[instance]
 
     def set(self, body: Any) -> dict[str, str]:
-        entry = parse_cistate(body)
+        entry = parse_ha_state(body)
         with self._lock:
             try:
                 self.store.put(entry["instance"], entry)

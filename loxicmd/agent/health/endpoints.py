@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loxicmd.api import wire
-from loxicmd.names import PROBE_TYPES
+from loxicmd.names import HOST_GREEN, HOST_RED, PROBE_TYPES
 
 from ..errors import ApiError, InvalidInput
 from ..lb.model import Endpoint, LbRule
@@ -202,7 +202,7 @@ class EndpointTable:
         state = b["state"]
         key = f"{host}:{port}/{proto}"
         with self.lock:
-            previous = self.host_states.get(key, "green")
+            previous = self.host_states.get(key, HOST_GREEN)
             self.store.put(key, {"kind": "hoststate", "state": state})
             self.host_states[key] = state
             for rec in list(self.rules.records.values()):
@@ -211,14 +211,14 @@ class EndpointTable:
                 for ep in rec.rule.endpoints:
                     if ep.ip == host and port in (0, ep.target_port):
                         self._refresh(rec.slots[ep.ident], rec, ep,
-                                      end_flows=state == "red" and previous != "red")
+                                      end_flows=state == HOST_RED and previous != HOST_RED)
 
     def _host_state(self, rec: RuleRecord, ep: Endpoint) -> str:
         proto = rec.rule.key.protocol
         for key in (f"{ep.ip}:{ep.target_port}/{proto}", f"{ep.ip}:0/{proto}"):
             if key in self.host_states:
                 return self.host_states[key]
-        return "green"
+        return HOST_GREEN
 
     # -- probes of monitored rules -------------------------------------------
     def _spec_for(self, rule: LbRule, ep: Endpoint) -> ProbeSpec:
@@ -233,7 +233,7 @@ class EndpointTable:
                          retries=p.retries)
 
     def _wanted_active(self, rec: RuleRecord, ep: Endpoint, healthy: bool | None) -> bool:
-        if self._host_state(rec, ep) != "green":
+        if self._host_state(rec, ep) != HOST_GREEN:
             return False
         if healthy is None:
             spec = self.watch.get(rec.slots[ep.ident])
@@ -250,7 +250,7 @@ class EndpointTable:
         down = set()
         for ep in record.rule.endpoints:
             slot = record.slots[ep.ident]
-            if self._host_state(record, ep) != "green":
+            if self._host_state(record, ep) != HOST_GREEN:
                 down.add(slot)
             elif record.rule.monitor:
                 status = self.monitor.status(self._spec_for(record.rule, ep))

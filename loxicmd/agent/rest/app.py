@@ -21,7 +21,7 @@ from loxicmd.names import API_BASE_PATH, CONNTRACK_STATES, PROTOCOLS
 
 from ..conntrack.listing import FlowFilter, FlowListing
 from ..errors import ApiError, InvalidInput
-from ..ha.states import CIStateStore
+from ..ha.states import HaStates
 from ..health.endpoints import EndpointTable
 from ..lb.table import RuleTable
 from ..validate import one_of, query_int, query_ip
@@ -114,7 +114,7 @@ class AgentParts:
     rules: RuleTable
     flows: FlowListing
     endpoints: EndpointTable
-    ha: CIStateStore
+    ha: HaStates
     state_dir: str
     pin_dir: str
 

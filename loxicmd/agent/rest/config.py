@@ -23,7 +23,7 @@ from loxicmd.api.wire import check
 from loxicmd.names import API_BASE_PATH
 
 from ..errors import InvalidInput
-from ..ha.states import CIStateStore
+from ..ha.states import HaStates
 
 SUCCESS = {"result": "Success"}
 
@@ -117,24 +117,24 @@ def process_status(state_dir: str, pin_dir: str, started: float) -> dict[str, An
     }
 
 
-def config_router(cistates: CIStateStore, state_dir: str, pin_dir: str) -> APIRouter:
+def config_router(ha_states: HaStates, state_dir: str, pin_dir: str) -> APIRouter:
     router = APIRouter(prefix=API_BASE_PATH)
     started = _start_time()
 
     @router.get(paths.CISTATE_ALL)
-    def list_cistate() -> dict[str, Any]:
-        return {"Attr": cistates.all()}
+    def list_ha_states() -> dict[str, Any]:
+        return {"Attr": ha_states.all()}
 
     @router.post(paths.CISTATE)
-    async def set_cistate(request: Request) -> dict[str, str]:
-        entry = cistates.set(await json_body(request))
+    async def set_ha_state(request: Request) -> dict[str, str]:
+        entry = ha_states.set(await json_body(request))
         log.info("HA instance %s is now %s (vip %s)", entry["instance"], entry["state"],
                  entry["vip"] or "none")
         return SUCCESS
 
     @router.delete(paths.CISTATE_INSTANCE)
-    def delete_cistate(instance: str) -> dict[str, str]:
-        cistates.delete(instance)
+    def delete_ha_state(instance: str) -> dict[str, str]:
+        ha_states.delete(instance)
         log.info("HA instance %s removed", instance)
         return SUCCESS
 

@@ -9,8 +9,9 @@ from loxicmd.cli import args
 from loxicmd.cli.listing import Listing
 from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column
+from loxicmd.names import HA_STATES
 
-STATES = ("MASTER", "BACKUP", "FAULT", "STOP", "NOT_DEFINED")
+STATES = HA_STATES
 
 LISTING = Listing(
     "hastate", paths.CISTATE_ALL, "Attr",
