@@ -94,9 +94,14 @@ EV = {name: i for i, name in enumerate(EVENT_FIELDS)}
 _E = {name: i for i, name in enumerate(ENTRY_FIELDS)}
 _ntohs = socket.ntohs
 STATE_WORDS = by_code(L.CtState, CT_STATE_WORDS)
+_R_SEQ, _R_SEEN = _E["seq_next"], _E["last_seen_ns"]
+_R_PACKETS, _R_BYTES = _E["packets"], _E["bytes"]
+_ICMP = socket.IPPROTO_ICMP
+_SADDR, _DADDR = int(L.Xlate.SADDR), int(L.Xlate.DADDR)
+_SPORT, _DPORT = int(L.Xlate.SPORT), int(L.Xlate.DPORT)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: the listing makes one per flow of the table
 class Flow:
     """A flow, both directions. Addresses are wire bytes, ports host integers (ICMP
     echo: the identifier as the client's port, 0 for the service's). `rule_id` and
@@ -148,41 +153,22 @@ class Flow:
     @classmethod
     def _decode(cls, key: tuple[Any, ...], o: tuple[Any, ...], r: tuple[Any, ...] | None,
                 event: int = 0, reason: int = 0) -> Flow:
+        # unpacked in ENTRY_FIELDS order (the listing decodes every flow of the table)
         saddr, daddr, sport, dport, proto = key
-        icmp = proto == socket.IPPROTO_ICMP
-        x = o[_E["xlate"]]
-        snat = bool(x & L.Xlate.SADDR)
+        (_, _, _, _, _, xsaddr, xdaddr, xsport, xdport, rule_id, ep_slot, timeout_s, seq,
+         _, state, fin_seen, x, flags, nat_mode, created, last_seen, packets, nbytes) = o
+        r_seq = r_seen = r_packets = r_bytes = 0
+        if r is not None:
+            r_seq, r_seen, r_packets, r_bytes = r[_R_SEQ], r[_R_SEEN], r[_R_PACKETS], r[_R_BYTES]
+        icmp = proto == _ICMP
+        snat = bool(x & _SADDR)
         return cls(
-            proto=proto,
-            client=saddr,
-            client_port=_ntohs(sport),
-            vip=daddr,
-            vip_port=0 if icmp else _ntohs(dport),
-            endpoint=o[_E["xlate_daddr"]] if x & L.Xlate.DADDR else daddr,
-            endpoint_port=0 if icmp else (_ntohs(o[_E["xlate_dport"]]) if x & L.Xlate.DPORT
-                                          else _ntohs(dport)),
-            nat_source=o[_E["xlate_saddr"]] if snat else saddr,
-            nat_port=(_ntohs(o[_E["xlate_sport"]]) if x & L.Xlate.SPORT
-                      else _ntohs(sport)),
-            snat=snat,
-            nat_mode=o[_E["nat_mode"]],
-            state=o[_E["state"]],
-            fin_seen=o[_E["fin_seen"]],
-            client_seq_next=o[_E["seq_next"]],
-            endpoint_seq_next=r[_E["seq_next"]] if r else 0,
-            timeout_s=o[_E["timeout_s"]],
-            created_ns=o[_E["created_ns"]],
-            last_seen_ns=max(o[_E["last_seen_ns"]], r[_E["last_seen_ns"]] if r else 0),
-            packets_to_endpoint=o[_E["packets"]],
-            bytes_to_endpoint=o[_E["bytes"]],
-            packets_to_client=r[_E["packets"]] if r else 0,
-            bytes_to_client=r[_E["bytes"]] if r else 0,
-            rule_id=o[_E["rule_id"]],
-            ep_slot=o[_E["ep_slot"]],
-            flags=o[_E["flags"]],
-            event=event,
-            reason=reason,
-        )
+            proto, saddr, _ntohs(sport), daddr, 0 if icmp else _ntohs(dport),
+            xdaddr if x & _DADDR else daddr,
+            0 if icmp else _ntohs(xdport if x & _DPORT else dport),
+            xsaddr if snat else saddr, _ntohs(xsport if x & _SPORT else sport), snat,
+            nat_mode, state, fin_seen, seq, r_seq, timeout_s, created, max(last_seen, r_seen),
+            packets, nbytes, r_packets, r_bytes, rule_id, ep_slot, flags, event, reason)
 
     # -- as text ----------------------------------------------------------------
     @property

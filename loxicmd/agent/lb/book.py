@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from datapath.layouts import (
     LB_ALLOW_ENTRIES,
@@ -32,6 +33,8 @@ class RuleRecord:
     slots: dict[EndpointIdent, int] = field(default_factory=dict)  # endpoint -> slot
     # one-arm/fullnat: the node's address towards each endpoint ("" while it has no route)
     sources: dict[EndpointIdent, str] = field(default_factory=dict)
+    # what the API shows of the rule but endpoint states and counters (made on first use)
+    shown: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 class IdPool:

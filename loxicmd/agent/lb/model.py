@@ -9,12 +9,11 @@ changes.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from datapath.layouts import LB_MAX_ENDPOINTS, LB_MAX_RULES, NatMode, Sel
+from datapath.layouts import LB_MAX_ENDPOINTS, NatMode, Sel
 from loxicmd.api.lbentry import (
     LoadbalanceEntry,
     LoadBalancerEndpoint,
@@ -274,18 +273,19 @@ def rule_entry(rule: LbRule, counters: dict[tuple[str, int], tuple[int, int]] | 
     return LoadbalanceEntry(sa, endpoints, [], list(rule.allowed_sources))
 
 
-@functools.lru_cache(maxsize=LB_MAX_RULES)
-def _shown(rule: LbRule) -> dict[str, Any]:
+def shown_form(rule: LbRule) -> dict[str, Any]:
     """What the API shows of a rule but its endpoints' states and counters (rules are
-    immutable: listing thousands of them builds each once)."""
+    immutable: the rule table keeps this with the rule, so a listing builds it once)."""
     return rule_entry(rule).to_json(shown=True)
 
 
 def rule_to_api(rule: LbRule, counters: dict[tuple[str, int], tuple[int, int]],
-                inactive: set[tuple[str, int]] | None = None) -> dict[str, Any]:
-    """The LoadbalanceEntry the API returns for a rule."""
+                inactive: set[tuple[str, int]] | None = None,
+                shown: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The LoadbalanceEntry the API returns for a rule (`shown`: its shown_form, when
+    kept)."""
     inactive = inactive or set()
-    return with_endpoint_states(_shown(rule), [
+    return with_endpoint_states(shown or shown_form(rule), [
         ("inactive" if ep.ident in inactive else "active",
          "{}:{}".format(*counters.get(ep.ident, (0, 0)))) for ep in rule.endpoints])
 

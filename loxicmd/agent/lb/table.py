@@ -22,7 +22,14 @@ from ..dataplane.dataplane import Dataplane, route_source
 from ..errors import ApiError, InvalidInput
 from ..store.journal import StateStore, upgraded
 from .book import Change, EndpointIdent, RuleBook, RuleRecord
-from .model import LbRule, RuleKey, parse_lb_entry, rule_to_api, rule_to_request
+from .model import (
+    LbRule,
+    RuleKey,
+    parse_lb_entry,
+    rule_to_api,
+    rule_to_request,
+    shown_form,
+)
 
 log = logging.getLogger("loxilbd.rules")
 
@@ -291,5 +298,7 @@ class RuleTable:
                             for ident, slot in rec.slots.items()}
                 down = {ident for ident, slot in rec.slots.items()
                         if slot in self.inactive or slot in self.no_route}
-                out.append(rule_to_api(rec.rule, counters, down))
+                if rec.shown is None:
+                    rec.shown = shown_form(rec.rule)
+                out.append(rule_to_api(rec.rule, counters, down, rec.shown))
             return out
