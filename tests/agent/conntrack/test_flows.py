@@ -11,6 +11,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from flow_events import CLIENT, EP, VIP, flow_event
 
 from datapath.layouts import (
     CtState,
@@ -27,83 +28,30 @@ from datapath.layouts import (
 from loxicmd.agent.conntrack import flows
 from loxicmd.agent.conntrack.flows import EVENT_FIELDS, Flow, event_reader, read_event
 
-CLIENT, VIP, EP, SNAT = "198.18.1.2", "198.18.100.1", "198.18.11.2", "198.18.5.5"
+SNAT = "198.18.5.5"
 SEC = 1_000_000_000
+TS = 123 * SEC
 
 
 def wire(ip: str) -> bytes:
     return socket.inet_aton(ip)
 
 
-def make_event(
-    *,
-    etype: int = EventType.NEW,
-    reason: int = Reason.NONE,
-    proto: int = socket.IPPROTO_TCP,
-    client: tuple[str, int] = (CLIENT, 40000),
-    vip: tuple[str, int] = (VIP, 2020),
-    endpoint: tuple[str, int] = (EP, 8080),
-    nat: tuple[str, int] | None = None,
-    state: CtState = CtState.EST,
-    rule_id: int = 7,
-    ep_slot: int = 3,
-    seqs: tuple[int, int] = (0, 0),
-    counts: tuple[int, int, int, int] = (0, 0, 0, 0),
-    times: tuple[int, int, int] = (0, 0, 0),
-    timeout_s: int = 240,
-    fin_seen: int = 0,
-    flags: int = 0,
-) -> LbEvent:
-    """An event with both entries of one flow. `seqs` (client's next, endpoint's next),
-    `counts` (packets and bytes to the endpoint, then to the client), `times` (created,
-    last seen of the original entry, last seen of the reply entry)."""
-    ev = LbEvent()
-    ev.type, ev.reason, ev.rule_id, ev.ts_ns = etype, reason, rule_id, 123 * SEC
-    k = ev.key
-    k.saddr, k.daddr = ip_to_be32(client[0]), ip_to_be32(vip[0])
-    k.sport, k.dport, k.proto = port_to_be16(client[1]), port_to_be16(vip[1]), proto
-    o, r = ev.orig, ev.reply
-    o.peer = k
-    o.xlate_daddr, o.xlate_dport = ip_to_be32(endpoint[0]), port_to_be16(endpoint[1])
-    o.xlate = Xlate.DADDR | Xlate.DPORT
-    o.nat_mode = r.nat_mode = NatMode.DEFAULT
-    src = client
-    if nat is not None:
-        o.xlate_saddr, o.xlate_sport = ip_to_be32(nat[0]), port_to_be16(nat[1])
-        o.xlate |= Xlate.SADDR | Xlate.SPORT
-        o.nat_mode = r.nat_mode = NatMode.FULLNAT
-        src = nat
-    # reply direction: endpoint -> client (or the NAT source), rewritten back to the VIP
-    r.peer.saddr, r.peer.daddr = o.xlate_daddr, ip_to_be32(src[0])
-    r.peer.sport, r.peer.dport, r.peer.proto = o.xlate_dport, port_to_be16(src[1]), proto
-    r.dir = 1
-    r.xlate_saddr, r.xlate_sport = k.daddr, k.dport
-    r.xlate = Xlate.SADDR | Xlate.SPORT
-    for e in (o, r):
-        e.state, e.rule_id, e.ep_slot, e.timeout_s = state, rule_id, ep_slot, timeout_s
-        e.created_ns = times[0]
-        e.fin_seen, e.flags = fin_seen, flags
-    o.last_seen_ns, r.last_seen_ns = times[1], times[2]
-    o.seq_next, r.seq_next = seqs
-    o.packets, o.bytes, r.packets, r.bytes = counts
-    return ev
-
-
 def tcp_dnat() -> LbEvent:
-    return make_event(etype=EventType.CLOSED, reason=Reason.FIN, state=CtState.FINI,
+    return flow_event(etype=EventType.CLOSED, reason=Reason.FIN, state=CtState.FINI, ts_ns=TS,
                       seqs=(1_000_001, 0xFFFF_FFF0), counts=(6, 512, 5, 9000),
                       times=(10 * SEC, 12 * SEC, 13 * SEC), fin_seen=1, flags=1)
 
 
 def fullnat() -> LbEvent:
-    return make_event(proto=socket.IPPROTO_UDP, client=(CLIENT, 5353), vip=(VIP, 53),
+    return flow_event(proto=socket.IPPROTO_UDP, client=(CLIENT, 5353), vip=(VIP, 53),
                       endpoint=(EP, 5300), nat=(SNAT, 61000), state=CtState.UDP_EST,
                       counts=(1, 80, 1, 120), times=(5, 9, 7), timeout_s=20)
 
 
 def icmp_echo() -> LbEvent:
     """Echo: the identifier rides as the client's port; the service has none."""
-    return make_event(etype=EventType.EXPIRED, reason=Reason.TIMEOUT, proto=socket.IPPROTO_ICMP,
+    return flow_event(etype=EventType.EXPIRED, reason=Reason.TIMEOUT, proto=socket.IPPROTO_ICMP,
                       client=(CLIENT, 0x1234), vip=(VIP, 0), endpoint=(EP, 0),
                       state=CtState.ICMP_BIDIR, counts=(3, 252, 3, 252), timeout_s=20)
 
@@ -163,7 +111,7 @@ def test_an_icmp_echo_flow_has_the_identifier_as_client_port_and_no_service_port
 
 def test_ports_are_host_integers_whatever_the_byte_order() -> None:
     """Ports whose two bytes differ catch a missing or doubled byte swap."""
-    f = Flow.from_event(make_event(client=(CLIENT, 0x0102), vip=(VIP, 0x0304),
+    f = Flow.from_event(flow_event(client=(CLIENT, 0x0102), vip=(VIP, 0x0304),
                                    endpoint=(EP, 0xABCD), nat=(SNAT, 0xFE01)))
     assert (f.client_port, f.vip_port, f.endpoint_port, f.nat_port) == (
         0x0102, 0x0304, 0xABCD, 0xFE01)
@@ -171,7 +119,7 @@ def test_ports_are_host_integers_whatever_the_byte_order() -> None:
 
 def test_an_entry_without_address_translation_keeps_the_vip_as_endpoint() -> None:
     """No DADDR/DPORT in xlate: the packet went to the VIP's own address and port."""
-    ev = make_event()
+    ev = flow_event()
     ev.orig.xlate = 0
     f = Flow.from_event(ev)
     assert (f.endpoint_ip, f.endpoint_port, f.snat) == (VIP, 2020, False)
@@ -189,7 +137,7 @@ def test_from_event_reads_bytes_of_the_ring_buffer_as_the_structure() -> None:
 
 def test_unknown_protocols_and_states_are_shown_as_numbers() -> None:
     """A new state in the datapath must not crash a listing."""
-    ev = make_event(proto=47)
+    ev = flow_event(proto=47)
     ev.orig.state = 99
     f = Flow.from_event(ev)
     assert (f.protocol, f.state_word) == ("47", "99")
@@ -250,12 +198,14 @@ def test_read_event_puts_each_named_field_at_its_index() -> None:
     v = read_event(tcp_dnat())
     ev = flows.EV
     assert v[ev["type"]] == EventType.CLOSED and v[ev["reason"]] == Reason.FIN
-    assert v[ev["rule_id"]] == 7 and v[ev["ts_ns"]] == 123 * SEC
+    assert v[ev["rule_id"]] == 7 and v[ev["ts_ns"]] == TS
     assert v[ev["key.saddr"]] == wire(CLIENT) and v[ev["key.daddr"]] == wire(VIP)
     assert socket.ntohs(v[ev["key.dport"]]) == 2020
     assert v[ev["orig.xlate_daddr"]] == wire(EP)
     assert (v[ev["orig.packets"]], v[ev["reply.bytes"]]) == (6, 9000)
-    assert v[ev["reply.peer.saddr"]] == wire(EP) and v[ev["reply.dir"]] == 1
+    # each entry holds the other direction's key
+    assert v[ev["orig.peer.saddr"]] == wire(EP) and v[ev["reply.peer.saddr"]] == wire(CLIENT)
+    assert v[ev["reply.dir"]] == 1
     assert v[ev["reply.seq_next"]] == 0xFFFF_FFF0
 
 

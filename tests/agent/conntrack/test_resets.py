@@ -21,12 +21,13 @@ import textwrap
 import time
 
 import pytest
+from flow_events import flow_event as built_flow_event
 from lab import Lab, Netns
 
 from datapath.layouts import (
-    CtState,
     EventType,
     LbEvent,
+    Reason,
     Xlate,
     ip_to_be32,
     port_to_be16,
@@ -36,7 +37,6 @@ from loxicmd.agent.conntrack.resets import ResetSender, build_rst, flow_resets, 
 CLIENT_IP, SERVER_IP = "198.18.1.2", "198.18.2.2"
 PORT = 8080
 TO_SERVER, TO_CLIENT = 100_000, 54_321  # bytes each side sends before the reset
-EST = int(CtState.EST)
 
 _SNIFFER = textwrap.dedent(
     """
@@ -165,22 +165,10 @@ def start(ns: Netns, script: str, *args: object) -> Lines:
 
 def flow_event(cport: int, client_next: int, server_next: int) -> LbEvent:
     """The EventType.EXPIRED event an LB between client and server would emit for the flow."""
-    ev = LbEvent()
-    ev.type, ev.reason, ev.rule_id = EventType.EXPIRED, 3, 1
-    ev.ts_ns = time.monotonic_ns()
-    ev.key.saddr, ev.key.daddr = ip_to_be32(CLIENT_IP), ip_to_be32(SERVER_IP)
-    ev.key.sport, ev.key.dport = port_to_be16(cport), port_to_be16(PORT)
-    ev.key.proto = socket.IPPROTO_TCP
-    ev.orig.xlate = Xlate.DADDR | Xlate.DPORT
-    ev.orig.xlate_daddr, ev.orig.xlate_dport = ip_to_be32(SERVER_IP), port_to_be16(PORT)
-    ev.orig.state = ev.reply.state = EST
-    ev.orig.seq_next = client_next & 0xFFFFFFFF
-    ev.reply.seq_next = server_next & 0xFFFFFFFF
-    ev.reply.dir = 1
-    ev.orig.peer.saddr, ev.orig.peer.daddr = ev.orig.xlate_daddr, ev.key.saddr
-    ev.orig.peer.sport, ev.orig.peer.dport = ev.orig.xlate_dport, ev.key.sport
-    ev.orig.peer.proto = socket.IPPROTO_TCP
-    return ev
+    return built_flow_event(EventType.EXPIRED, reason=Reason.TIMEOUT, rule_id=1,
+                            client=(CLIENT_IP, cport), vip=(SERVER_IP, PORT),
+                            endpoint=(SERVER_IP, PORT),
+                            seqs=(client_next & 0xFFFFFFFF, server_next & 0xFFFFFFFF))
 
 
 def send_resets(lb: Netns, ev: LbEvent) -> int:

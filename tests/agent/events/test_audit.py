@@ -10,77 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flow_events import flow_event
 
-from datapath.layouts import (
-    CtState,
-    EventType,
-    LbEvent,
-    NatMode,
-    Xlate,
-    ip_to_be32,
-    port_to_be16,
-)
+from datapath.layouts import CtState, EventType, LbEvent, Reason
 from loxicmd.agent.events.audit import AuditLog
-from loxicmd.names import CT_STATE_WORDS
 
-STATE = {CT_STATE_WORDS[s.name]: int(s) for s in CtState}
-REASON_FIN, REASON_RST, REASON_TIMEOUT, REASON_EP_REMOVED, REASON_RULE_DELETED = 1, 2, 3, 4, 5
 SEC = 1_000_000_000
 OPEN_KEYS = ["time", "event", "service", "rule_id", "proto", "vip", "endpoint", "nat_mode",
              "client", "nat_source"]
 CLOSE_KEYS = OPEN_KEYS + ["state", "established", "reason", "packets_to_endpoint",
                           "bytes_to_endpoint", "packets_to_client", "bytes_to_client",
                           "duration_s"]
-
-
-def event(
-    etype: int,
-    *,
-    proto: int = socket.IPPROTO_TCP,
-    client: tuple[str, int] = ("198.18.1.2", 40000),
-    vip: tuple[str, int] = ("198.18.100.1", 2020),
-    endpoint: tuple[str, int] = ("198.18.11.2", 8080),
-    nat: tuple[str, int] | None = None,
-    rule_id: int = 7,
-    state: str = "sync-sent",
-    reason: int = 0,
-    ts_ns: int | None = None,
-    created_ns: int = 0,
-    last_seen_ns: int = 0,
-    orig_counts: tuple[int, int] = (0, 0),
-    reply_counts: tuple[int, int] = (0, 0),
-) -> LbEvent:
-    """An event as the datapath builds it (conntrack.h lb_ct_create / lb_ct_emit)."""
-    ev = LbEvent()
-    ev.type, ev.reason, ev.rule_id = etype, reason, rule_id
-    ev.ts_ns = time.monotonic_ns() if ts_ns is None else ts_ns
-    k = ev.key
-    k.saddr, k.daddr = ip_to_be32(client[0]), ip_to_be32(vip[0])
-    k.sport, k.dport, k.proto = port_to_be16(client[1]), port_to_be16(vip[1]), proto
-    o, r = ev.orig, ev.reply
-    o.xlate_daddr, o.xlate_dport = ip_to_be32(endpoint[0]), port_to_be16(endpoint[1])
-    o.xlate = Xlate.DADDR | Xlate.DPORT
-    src = client
-    o.nat_mode = r.nat_mode = NatMode.DEFAULT
-    if nat is not None:
-        o.xlate_saddr, o.xlate_sport = ip_to_be32(nat[0]), port_to_be16(nat[1])
-        o.xlate |= Xlate.SADDR | Xlate.SPORT
-        o.nat_mode = r.nat_mode = NatMode.FULLNAT
-        src = nat
-    # Reply direction: endpoint -> client (or the NAT source), rewritten back to VIP.
-    o.peer.saddr, o.peer.daddr = o.xlate_daddr, ip_to_be32(src[0])
-    o.peer.sport, o.peer.dport, o.peer.proto = o.xlate_dport, port_to_be16(src[1]), proto
-    r.peer = k
-    r.dir = 1
-    r.xlate_saddr, r.xlate_sport = k.daddr, k.dport
-    r.xlate = Xlate.SADDR | Xlate.SPORT
-    for e in (o, r):
-        e.state = STATE[state]
-        e.rule_id = rule_id
-        e.created_ns, e.last_seen_ns = created_ns, last_seen_ns
-    o.packets, o.bytes = orig_counts
-    r.packets, r.bytes = reply_counts
-    return ev
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -106,14 +46,14 @@ def log(tmp_path: Path, names: dict[int, str]) -> AuditLog:
 
 def test_tcp_open_established_closed_by_fin(log: AuditLog, tmp_path: Path) -> None:
     t0 = time.monotonic_ns()
-    log.handle(event(EventType.NEW, ts_ns=t0, created_ns=t0, last_seen_ns=t0))
-    log.handle(event(EventType.EST, state="est", ts_ns=t0 + SEC // 100))
+    log.handle(flow_event(EventType.NEW, state=CtState.SYN_SENT, ts_ns=t0, times=(t0, t0, t0)))
+    log.handle(flow_event(EventType.EST, state=CtState.EST, ts_ns=t0 + SEC // 100))
     log.flush()
     # EventType.EST writes nothing.
     assert len(read_lines(tmp_path / "audit.log")) == 1
-    log.handle(event(EventType.CLOSED, state="closed", reason=REASON_FIN, ts_ns=t0 + 2 * SEC,
-                     created_ns=t0, last_seen_ns=t0 + 1_250_000_000,
-                     orig_counts=(6, 512), reply_counts=(5, 9000)))
+    log.handle(flow_event(EventType.CLOSED, state=CtState.CLOSED, reason=Reason.FIN,
+                          ts_ns=t0 + 2 * SEC, times=(t0, t0 + 1_250_000_000, t0 + 1_250_000_000),
+                          counts=(6, 512, 5, 9000)))
     log.close()
     opened, closed = read_lines(tmp_path / "audit.log")
 
@@ -141,9 +81,9 @@ def test_tcp_open_established_closed_by_fin(log: AuditLog, tmp_path: Path) -> No
 
 
 def test_tcp_never_established_reset(log: AuditLog, tmp_path: Path) -> None:
-    log.handle(event(EventType.NEW, client=("198.18.1.3", 1234)))
-    log.handle(event(EventType.CLOSED, client=("198.18.1.3", 1234), state="closed",
-                     reason=REASON_RST, orig_counts=(1, 60), reply_counts=(1, 54)))
+    log.handle(flow_event(EventType.NEW, state=CtState.SYN_SENT, client=("198.18.1.3", 1234)))
+    log.handle(flow_event(EventType.CLOSED, client=("198.18.1.3", 1234), state=CtState.CLOSED,
+                          reason=Reason.RST, counts=(1, 60, 1, 54)))
     log.close()
     _, closed = read_lines(tmp_path / "audit.log")
     assert closed["established"] is False
@@ -155,16 +95,17 @@ def test_udp_open_then_expired_by_timeout(log: AuditLog, tmp_path: Path) -> None
     t0 = time.monotonic_ns()
     udp = {"proto": socket.IPPROTO_UDP, "client": ("198.18.1.2", 5353),
            "vip": ("198.18.100.2", 53), "endpoint": ("198.18.12.2", 5300), "rule_id": 8}
-    log.handle(event(EventType.NEW, state="udp-uni", ts_ns=t0, **udp))
-    log.handle(event(EventType.EXPIRED, state="udp-uni", reason=REASON_TIMEOUT, ts_ns=t0 + 21 * SEC,
-                     created_ns=t0, last_seen_ns=t0 + SEC // 2, orig_counts=(3, 180), **udp))
+    log.handle(flow_event(EventType.NEW, state=CtState.UDP_UNI, ts_ns=t0, **udp))
+    log.handle(flow_event(EventType.EXPIRED, state=CtState.UDP_UNI, reason=Reason.TIMEOUT,
+                          ts_ns=t0 + 21 * SEC, times=(t0, t0 + SEC // 2, t0 + SEC // 2),
+                          counts=(3, 180, 0, 0), **udp))
     # A second UDP flow that got answers.
     udp["client"] = ("198.18.1.2", 5354)
-    log.handle(event(EventType.NEW, state="udp-uni", ts_ns=t0, **udp))
-    log.handle(event(EventType.EST, state="udp-est", ts_ns=t0 + 1000, **udp))
-    log.handle(event(EventType.EXPIRED, state="udp-est", reason=REASON_TIMEOUT, ts_ns=t0 + 21 * SEC,
-                     created_ns=t0, last_seen_ns=t0 + SEC, orig_counts=(2, 120),
-                     reply_counts=(2, 400), **udp))
+    log.handle(flow_event(EventType.NEW, state=CtState.UDP_UNI, ts_ns=t0, **udp))
+    log.handle(flow_event(EventType.EST, state=CtState.UDP_EST, ts_ns=t0 + 1000, **udp))
+    log.handle(flow_event(EventType.EXPIRED, state=CtState.UDP_EST, reason=Reason.TIMEOUT,
+                          ts_ns=t0 + 21 * SEC, times=(t0, t0 + SEC, t0 + SEC),
+                          counts=(2, 120, 2, 400), **udp))
     log.close()
     open1, close1, open2, close2 = read_lines(tmp_path / "audit.log")
     assert open1["event"] == "open" and open1["proto"] == "udp" and open1["service"] == "dns"
@@ -183,9 +124,9 @@ def test_udp_open_then_expired_by_timeout(log: AuditLog, tmp_path: Path) -> None
 
 def test_fullnat_flow_reports_the_nat_source(log: AuditLog, tmp_path: Path) -> None:
     flow = {"client": ("198.18.1.2", 40000), "nat": ("198.18.11.1", 61234), "rule_id": 9}
-    log.handle(event(EventType.NEW, **flow))
-    log.handle(event(EventType.EST, state="est", **flow))
-    log.handle(event(EventType.EXPIRED, state="est", reason=REASON_EP_REMOVED, **flow))
+    log.handle(flow_event(EventType.NEW, state=CtState.SYN_SENT, **flow))
+    log.handle(flow_event(EventType.EST, state=CtState.EST, **flow))
+    log.handle(flow_event(EventType.EXPIRED, state=CtState.EST, reason=Reason.EP_REMOVED, **flow))
     log.close()
     opened, closed = read_lines(tmp_path / "audit.log")
     for line in (opened, closed):
@@ -199,12 +140,13 @@ def test_fullnat_flow_reports_the_nat_source(log: AuditLog, tmp_path: Path) -> N
 def test_close_keeps_the_service_name_of_a_deleted_rule(
     log: AuditLog, tmp_path: Path, names: dict[int, str]
 ) -> None:
-    log.handle(event(EventType.NEW, rule_id=9))
+    log.handle(flow_event(EventType.NEW, state=CtState.SYN_SENT, rule_id=9))
     del names[9]  # the agent forgot the rule before the datapath reported the end
-    log.handle(event(EventType.EXPIRED, rule_id=9, state="est", reason=REASON_RULE_DELETED))
+    log.handle(flow_event(EventType.EXPIRED, rule_id=9, state=CtState.EST,
+                          reason=Reason.RULE_DELETED))
     # A close without its open (agent restarted): the lookup fails, the id stands in.
-    log.handle(event(EventType.EXPIRED, rule_id=9, client=("198.18.1.9", 9), state="est",
-                     reason=REASON_RULE_DELETED))
+    log.handle(flow_event(EventType.EXPIRED, rule_id=9, client=("198.18.1.9", 9),
+                          state=CtState.EST, reason=Reason.RULE_DELETED))
     log.close()
     _, closed, orphan = read_lines(tmp_path / "audit.log")
     assert closed["service"] == "api" and closed["reason"] == "rule deleted"
@@ -213,8 +155,9 @@ def test_close_keeps_the_service_name_of_a_deleted_rule(
 
 def test_raw_ring_buffer_bytes_give_the_same_lines(tmp_path: Path) -> None:
     ts = time.monotonic_ns()
-    evs = [event(EventType.NEW, ts_ns=ts), event(EventType.EST, state="est", ts_ns=ts),
-           event(EventType.CLOSED, state="closed", reason=REASON_FIN, ts_ns=ts)]
+    evs = [flow_event(EventType.NEW, state=CtState.SYN_SENT, ts_ns=ts),
+           flow_event(EventType.EST, state=CtState.EST, ts_ns=ts),
+           flow_event(EventType.CLOSED, state=CtState.CLOSED, reason=Reason.FIN, ts_ns=ts)]
     a = AuditLog(tmp_path / "a.log")
     b = AuditLog(tmp_path / "b.log")
     b._wall_offset_ns = a._wall_offset_ns
@@ -240,7 +183,7 @@ def test_note_lost(log: AuditLog, tmp_path: Path) -> None:
 
 def _numbered(i: int) -> LbEvent:
     """The i-th open line: the number is readable back from the client port."""
-    return event(EventType.NEW, client=("198.18.1.2", 1024 + i))
+    return flow_event(EventType.NEW, state=CtState.SYN_SENT, client=("198.18.1.2", 1024 + i))
 
 
 def _port(line: dict[str, Any]) -> int:
@@ -309,18 +252,18 @@ def test_reopening_appends_and_counts_the_existing_size(tmp_path: Path) -> None:
 def test_flow_memory_stays_bounded(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.log", max_tracked=100)
     for i in range(10_000):  # opened and established, never closed (lost events)
-        ev = event(EventType.NEW, client=("198.18.1.2", 1024 + i))
+        ev = flow_event(EventType.NEW, state=CtState.SYN_SENT, client=("198.18.1.2", 1024 + i))
         log.handle(ev)
         ev.type = EventType.EST
         log.handle(ev)
         assert log.tracked <= 100
     # The most recent flows are still remembered as established when they close.
-    ev = event(EventType.CLOSED, client=("198.18.1.2", 1024 + 9_999), state="closed",
-               reason=REASON_FIN)
+    ev = flow_event(EventType.CLOSED, client=("198.18.1.2", 1024 + 9_999),
+                    state=CtState.CLOSED, reason=Reason.FIN)
     log.handle(ev)
     before = log.tracked
-    log.handle(event(EventType.CLOSED, client=("198.18.1.2", 1024 + 9_998), state="closed",
-                     reason=REASON_FIN))
+    log.handle(flow_event(EventType.CLOSED, client=("198.18.1.2", 1024 + 9_998),
+                          state=CtState.CLOSED, reason=Reason.FIN))
     assert log.tracked == before - 1  # cleared on close
     log.close()
     lines = read_lines(tmp_path / "audit.log")
