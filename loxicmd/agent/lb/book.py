@@ -92,6 +92,11 @@ class RuleBook:
         self.by_id: dict[int, RuleRecord] = {}  # the same records by rule id
         self.rule_ids = IdPool(max_rules, "rule", "serviceArguments")
         self.slots = IdPool(max_endpoints, "endpoint", "endpoints")
+        # kept as records come and go, so that a check does not walk every rule (creating
+        # N rules one by one would cost N^2)
+        self.by_address: dict[tuple[str, str, int, str], set[RuleKey]] = {}
+        self.svc_keys_used = 0  # service entries in the datapath (one per port of a range)
+        self.allow_used = 0  # allow-list entries
 
     # -- lookups --------------------------------------------------------------
     def find(self, external_ip: str, port: int, port_max: int | None, protocol: str,
@@ -136,19 +141,14 @@ class RuleBook:
     def overlapping(self, rule: LbRule) -> RuleRecord | None:
         """Another rule whose ports share one of this rule's service keys."""
         k = rule.key
-        for other in self.records.values():
-            o = other.rule.key
-            if (o != k and o.external_ip == k.external_ip and o.protocol == k.protocol
-                    and o.mark == k.mark and o.host == k.host
-                    and o.port <= k.port_max and k.port <= o.port_max):
-                return other
+        for o in self.by_address.get(_address(k), ()):
+            if o != k and o.port <= k.port_max and k.port <= o.port_max:
+                return self.records[o]
         return None
 
     def check_capacity(self, rule: LbRule, replacing: RuleRecord | None) -> None:
-        others = [r.rule for r in self.records.values()
-                  if replacing is None or r.rule.key != replacing.rule.key]
-        used = sum(r.key.port_max - r.key.port + 1 for r in others)
-        need = rule.key.port_max - rule.key.port + 1
+        used = self.svc_keys_used - (_svc_keys(replacing.rule) if replacing else 0)
+        need = _svc_keys(rule)
         if used + need > LB_MAX_SVC_KEYS:
             raise ApiError(403, f"serviceArguments.portMax: the range needs {need} service "
                            f"entries, {LB_MAX_SVC_KEYS - used} of {LB_MAX_SVC_KEYS} are free")
@@ -160,7 +160,7 @@ class RuleBook:
         if replacing is None and not self.rule_ids.available:
             raise ApiError(403, f"serviceArguments: the datapath holds at most "
                            f"{self.rule_ids.size} rules; delete some first")
-        sources = sum(len(r.allowed_sources) for r in others)
+        sources = self.allow_used - (len(replacing.rule.allowed_sources) if replacing else 0)
         if sources + len(rule.allowed_sources) > LB_ALLOW_ENTRIES:
             raise ApiError(403, f"allowedSources: {len(rule.allowed_sources)} prefixes, "
                            f"{LB_ALLOW_ENTRIES - sources} of {LB_ALLOW_ENTRIES} entries are free")
@@ -196,17 +196,42 @@ class RuleBook:
         self.put(record)
 
     def put(self, record: RuleRecord) -> None:
-        self.records[record.rule.key] = record
+        key = record.rule.key
+        self._forget(key)
+        self.records[key] = record
         self.by_id[record.rule_id] = record
+        self.by_address.setdefault(_address(key), set()).add(key)
+        self.svc_keys_used += _svc_keys(record.rule)
+        self.allow_used += len(record.rule.allowed_sources)
 
     def drop(self, record: RuleRecord) -> None:
-        self.records.pop(record.rule.key, None)
+        self._forget(record.rule.key)
         self.by_id.pop(record.rule_id, None)
+
+    def _forget(self, key: RuleKey) -> None:
+        old = self.records.pop(key, None)
+        if old is None:
+            return
+        same = self.by_address[_address(key)]
+        same.discard(key)
+        if not same:
+            del self.by_address[_address(key)]
+        self.svc_keys_used -= _svc_keys(old.rule)
+        self.allow_used -= len(old.rule.allowed_sources)
 
     def release(self, record: RuleRecord) -> None:
         """A deleted rule gives back its id and slots."""
         self.slots.free(record.slots.values())
         self.rule_ids.free([record.rule_id])
+
+
+def _address(key: RuleKey) -> tuple[str, str, int, str]:
+    """What two rules must share for their port ranges to clash."""
+    return key.external_ip, key.protocol, key.mark, key.host
+
+
+def _svc_keys(rule: LbRule) -> int:
+    return rule.key.port_max - rule.key.port + 1
 
 
 def merge_endpoints(current: LbRule, change: LbRule, oper: int) -> LbRule:

@@ -275,6 +275,48 @@ def test_allow_list_entries_past_the_limit_are_a_403_naming_what_is_free(
     install(book, rule(EP1, k=key(1), sources=many))  # its own entries count once
 
 
+def test_deleting_a_rule_gives_its_service_keys_and_entries_back() -> None:
+    """The totals the checks use follow every put and drop: a full datapath has room
+    again once a rule goes."""
+    book = RuleBook(max_rules=8, max_endpoints=8)
+    wide = install(book, rule(k=key(1, 65535), sources=("10.0.0.0/8",))).record
+    assert refused(book, rule(k=key(1, 2, protocol="udp"))).status == 403  # 65,537
+    book.drop(wide)
+    book.release(wide)
+    install(book, rule(k=key(1, 65534), sources=("10.0.0.0/8",)))
+    install(book, rule(k=key(1, 2, protocol="udp")))  # 65,534 + 2: exactly full
+    assert refused(book, rule(k=key(3, protocol="udp"))).status == 403
+    install(book, rule(EP1, k=key(1, 65534), sources=("10.0.0.0/8",)))  # an update: same keys
+
+
+def test_the_kept_totals_are_what_a_recount_gives() -> None:
+    """After creates, updates, attach/detach and deletes of rules on shared and other
+    addresses, the index and totals the checks read equal counting the records."""
+    book = RuleBook(max_rules=16, max_endpoints=16)
+    vips = (VIP, "198.18.100.2")
+    for i in range(6):
+        install(book, rule(EP1, k=key(100 * i + 1, 100 * i + 1 + i, vip=vips[i % 2]),
+                           sources=tuple(f"10.{i}.{j}.0/24" for j in range(i))))
+    install(book, rule(EP1, EP2, k=key(1, 1, vip=VIP), sources=("10.9.0.0/16",)))
+    install(book, rule(EP3, k=key(1, 1, vip=VIP)), OPER_ATTACH)
+    install(book, rule(EP1, k=key(1, 1, vip=VIP)), OPER_DETACH)
+    install(book, rule(EP4, k=key(7, mark=5)))  # alone on its address: gone with it
+    for k in [key(201, 203, vip=VIP), key(101, 102, vip=vips[1]), key(7, mark=5)]:
+        rec = book.records[k]
+        book.drop(rec)
+        book.release(rec)
+    rules = [r.rule for r in book.records.values()]
+    assert book.svc_keys_used == sum(r.key.port_max - r.key.port + 1 for r in rules)
+    assert book.allow_used == sum(len(r.allowed_sources) for r in rules)
+    index: dict[tuple[str, str, int, str], set[RuleKey]] = {}
+    for r in rules:
+        index.setdefault((r.key.external_ip, r.key.protocol, r.key.mark, r.key.host),
+                         set()).add(r.key)
+    assert book.by_address == index
+    assert refused(book, rule(EP1, k=key(402, 410, vip=VIP))).status == 409
+    install(book, rule(EP1, k=key(202, 202, vip=VIP)))  # the deleted rule's ports are free
+
+
 def test_a_refused_check_changes_nothing(book: RuleBook) -> None:
     """Checks come before anything is taken."""
     install(book, rule(EP1, EP2, EP3, EP4, k=key(1)))
