@@ -21,6 +21,7 @@ LB_CT_DEFAULT_ENTRIES = 131072
 LB_PERSIST_ENTRIES = 65536
 LB_ALLOW_ENTRIES = 16384
 LB_EVENTS_BYTES = 4 * 1024 * 1024
+LB_MAX_INSTANCES = 256
 
 
 # The enums of lb_types.h (tests/dp/test_layouts_btf.py checks names and values against the
@@ -103,6 +104,7 @@ class EventType(enum.IntEnum):
     EST = 2
     CLOSED = 3
     EXPIRED = 4
+    REFRESH = 5
 
 
 class Reason(enum.IntEnum):
@@ -128,6 +130,17 @@ class DpStat(enum.IntEnum):
     DROP_CT_FULL = 5
     DROP_SNAT_PORTS = 6
     STAT_EVENTS_LOST = 7
+    DROP_HA_STANDBY = 8
+
+
+class HaState(enum.IntEnum):
+    """enum lb_ha_state: a node's state of an HA cluster instance."""
+
+    NOT_DEFINED = 0
+    MASTER = 1
+    BACKUP = 2
+    FAULT = 3
+    STOP = 4
 
 
 class SweepMode(enum.IntEnum):
@@ -154,6 +167,7 @@ ENUMS: dict[str, tuple[type[enum.Enum], str]] = {
     "lb_reason": (Reason, "LB_REASON_"),
     "lb_dp_stat": (DpStat, "LB_"),
     "lb_sweep_mode": (SweepMode, "LB_SWEEP_"),
+    "lb_ha_state": (HaState, "LB_HA_"),
 }
 
 
@@ -177,6 +191,21 @@ class LbSvc(ctypes.Structure):
         ("timeout_s", ctypes.c_uint32),
         ("persist_s", ctypes.c_uint32),
         ("snat_addr", ctypes.c_uint32),
+        ("instance", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class LbInstance(ctypes.Structure):
+    _fields_ = [
+        ("state", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class LbConfig(ctypes.Structure):
+    _fields_ = [
+        ("refresh_ns", ctypes.c_uint64),
     ]
 
 
@@ -264,6 +293,7 @@ class LbCtEntry(ctypes.Structure):
         ("last_seen_ns", ctypes.c_uint64),
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
+        ("reported_ns", ctypes.c_uint64),
     ]
 
 
@@ -284,6 +314,8 @@ class LbEvent(ctypes.Structure):
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "lb_svc_key": LbSvcKey,
     "lb_svc": LbSvc,
+    "lb_instance": LbInstance,
+    "lb_config": LbConfig,
     "lb_rule_slots": LbRuleSlots,
     "lb_endpoint": LbEndpoint,
     "lb_rule_state": LbRuleState,
@@ -315,6 +347,8 @@ MAPS: dict[str, tuple[type | None, type | None]] = {
     "lb_ep_stats": (U32, LbCounter),
     "lb_conntrack": (LbCtKey, LbCtEntry),
     "lb_events": (None, None),
+    "lb_instances": (U32, LbInstance),
+    "lb_config": (U32, LbConfig),
     "lb_dp_stats": (U32, LbCounter),
 }
 

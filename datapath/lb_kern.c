@@ -59,6 +59,16 @@ static __always_inline struct lb_svc *lb_find_service(const struct lb_pkt *pkt, 
 	return svc;
 }
 
+/* Only the MASTER of a service's HA instance (or a node without HA) opens its flows:
+ * a BACKUP that did too could give a fullNAT port the MASTER gives another client. */
+static __always_inline int lb_instance_opens_flows(const struct lb_svc *svc)
+{
+	__u32 idx = svc->instance;
+	struct lb_instance *inst = bpf_map_lookup_elem(&lb_instances, &idx);
+
+	return !inst || inst->state == LB_HA_MASTER || inst->state == LB_HA_NOT_DEFINED;
+}
+
 static __always_inline int lb_source_allowed(const struct lb_svc *svc, __be32 saddr)
 {
 	struct lb_allow_key key = {
@@ -122,6 +132,8 @@ int lb_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		if (!lb_source_allowed(svc, pkt.tuple.saddr))
 			return lb_drop(LB_DROP_SOURCE, skb->len);
+		if (!lb_instance_opens_flows(svc))
+			return lb_drop(LB_DROP_HA_STANDBY, skb->len);
 		slot = lb_select(svc, &pkt, now);
 		ep = slot == LB_NO_SLOT ? NULL : bpf_map_lookup_elem(&lb_endpoints, &slot);
 		if (!ep)

@@ -71,7 +71,7 @@ CT_STATE_WORDS: dict[str, str] = {
 # /config/conntrack/all): TCP, then UDP, then ICMP echo.
 CONNTRACK_STATES: tuple[str, ...] = tuple(CT_STATE_WORDS.values())
 EVENT_WORDS: dict[str, str] = {"NEW": "new", "EST": "established", "CLOSED": "closed",
-                               "EXPIRED": "expired"}
+                               "EXPIRED": "expired", "REFRESH": "refresh"}
 REASON_WORDS: dict[str, str] = {"NONE": "", "FIN": "fin", "RST": "rst", "TIMEOUT": "timeout",
                                 "EP_REMOVED": "endpoint removed",
                                 "RULE_DELETED": "rule deleted", "EP_DOWN": "endpoint down"}
@@ -84,6 +84,7 @@ DP_STAT_WORDS: dict[str, str] = {
     "DROP_CT_FULL": "ct-full",
     "DROP_SNAT_PORTS": "snat-ports-exhausted",
     "STAT_EVENTS_LOST": "events-lost",
+    "DROP_HA_STANDBY": "ha-standby",
 }
 
 # The end of the agent's 409 sentence for a rule posted again unchanged (kube-loxilb

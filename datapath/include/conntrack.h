@@ -117,6 +117,26 @@ static __always_inline void lb_ct_end(const struct lb_ct_key *key, struct lb_ct_
 	bpf_map_delete_elem(&lb_conntrack, key);
 }
 
+/* While conntrack sync is on (lb_config.refresh_ns set), a flow that carries traffic
+ * but changes no state is reported again every refresh_ns, so that the copies on the
+ * peers, which see none of its packets, do not age out before it does here. */
+static __always_inline void lb_ct_maybe_refresh(const struct lb_ct_key *key,
+						struct lb_ct_entry *ct, __u64 now)
+{
+	__u32 zero = 0;
+	struct lb_config *cfg = bpf_map_lookup_elem(&lb_config, &zero);
+	struct lb_ct_entry *peer;
+
+	if (!cfg || !cfg->refresh_ns || now - ct->reported_ns < cfg->refresh_ns)
+		return;
+	ct->reported_ns = now; /* two CPUs may both report: the peers take both */
+	peer = bpf_map_lookup_elem(&lb_conntrack, &ct->peer);
+	if (ct->dir == LB_CT_DIR_ORIGINAL)
+		lb_ct_emit(LB_EV_REFRESH, LB_REASON_NONE, key, ct, peer, now);
+	else if (peer)
+		lb_ct_emit(LB_EV_REFRESH, LB_REASON_NONE, &ct->peer, peer, ct, now);
+}
+
 /* Next flow state given the current one, the packet's direction and flags. */
 static __always_inline __u8 lb_ct_next_state(const struct lb_ct_entry *ct,
 					     const struct lb_pkt *pkt, __u8 *fin_seen)
@@ -178,8 +198,10 @@ static __always_inline void lb_ct_update(const struct lb_ct_key *key, struct lb_
 		if (!ct->seq_next || (__s32)(next_seq - ct->seq_next) > 0)
 			ct->seq_next = next_seq;
 	}
-	if (next == prev && fin_seen == ct->fin_seen)
+	if (next == prev && fin_seen == ct->fin_seen) {
+		lb_ct_maybe_refresh(key, ct, now);
 		return;
+	}
 	ct->state = next;
 	ct->fin_seen = fin_seen;
 
@@ -197,6 +219,7 @@ static __always_inline void lb_ct_update(const struct lb_ct_key *key, struct lb_
 	if (!orig)
 		return;
 	if (next == LB_CT_EST || next == LB_CT_UDP_EST || next == LB_CT_ICMP_BIDIR) {
+		ct->reported_ns = now;
 		lb_ct_emit(LB_EV_EST, LB_REASON_NONE, orig_key, orig, reply, now);
 	} else if (next == LB_CT_CLOSED &&
 		   !(__sync_fetch_and_or(&orig->flags, LB_CT_F_REPORTED_CLOSED) &
@@ -300,6 +323,7 @@ lb_ct_create(const struct lb_pkt *pkt, const struct lb_svc *svc, __u32 slot,
 	orig.state = reply.state = lb_ct_initial_state(pkt);
 	orig.created_ns = reply.created_ns = now;
 	orig.last_seen_ns = reply.last_seen_ns = now;
+	orig.reported_ns = reply.reported_ns = now;
 	orig.flags = LB_CT_F_COUNTED;
 	reply.peer = pkt->tuple;
 

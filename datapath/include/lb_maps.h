@@ -100,6 +100,20 @@ struct {
 } lb_events SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_MAX_INSTANCES);
+	__type(key, __u32);
+	__type(value, struct lb_instance);
+} lb_instances SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_config);
+} lb_config SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_DP_STAT_MAX);
 	__type(key, enum lb_dp_stat);

@@ -20,6 +20,7 @@
 #define LB_PERSIST_ENTRIES 65536
 #define LB_ALLOW_ENTRIES 16384
 #define LB_EVENTS_BYTES (4 * 1024 * 1024)
+#define LB_MAX_INSTANCES 256     /* HA cluster instances (index 0: "default") */
 
 /* Enums rather than #defines: BTF carries them, and the Python mirrors in
  * datapath/layouts.py are checked against the object's BTF (names and values).
@@ -98,6 +99,8 @@ enum LB_PACKED lb_event_type {
 	LB_EV_EST = 2,
 	LB_EV_CLOSED = 3,  /* by the endpoints: FIN both ways, or RST */
 	LB_EV_EXPIRED = 4, /* by the LB: idle timeout, endpoint removed, rule deleted */
+	LB_EV_REFRESH = 5, /* still carrying traffic (only while lb_config.refresh_ns is set:
+			    * conntrack sync keeps peers' copies from ageing out) */
 };
 
 /* lb_event.reason */
@@ -121,8 +124,20 @@ enum lb_dp_stat {
 	LB_DROP_CT_FULL = 5,       /* conntrack refused the new flow */
 	LB_DROP_SNAT_PORTS = 6,    /* no free source port for one-arm/fullNAT */
 	LB_STAT_EVENTS_LOST = 7,   /* conntrack events the agent had no room for */
+	LB_DROP_HA_STANDBY = 8,    /* new flow of an HA instance this node is not MASTER of */
 };
-#define LB_DP_STAT_MAX 8
+#define LB_DP_STAT_MAX 9
+
+/* lb_instance.state: a node's HA state of a cluster instance (the API's words in
+ * loxicmd/names.py). New flows are opened only in MASTER and NOT_DEFINED (no HA);
+ * flows already in conntrack (synced from the MASTER) go on in every state. */
+enum LB_PACKED lb_ha_state {
+	LB_HA_NOT_DEFINED = 0,
+	LB_HA_MASTER = 1,
+	LB_HA_BACKUP = 2,
+	LB_HA_FAULT = 3,
+	LB_HA_STOP = 4,
+};
 
 /* lb_sweep program modes (skb->cb[0] of the test-run that drives it) */
 enum lb_sweep_mode {
@@ -149,6 +164,19 @@ struct lb_svc {
 	__u32 timeout_s;   /* idle timeout of its flows */
 	__u32 persist_s;   /* lifetime of a persist binding */
 	__be32 snat_addr;  /* fullNAT source (privateIP); 0: the endpoint's snat_addr */
+	__u16 instance;    /* HA cluster instance (index into lb_instances) */
+	__u16 pad;
+};
+
+/* One HA cluster instance on this node. */
+struct lb_instance {
+	enum lb_ha_state state;
+	__u8 pad[3];
+};
+
+/* Settings of the datapath the agent changes at run time (lb_config[0]). */
+struct lb_config {
+	__u64 refresh_ns;  /* LB_EV_REFRESH a flow after this long without an event; 0: never */
 };
 
 /* A rule's endpoints: slots into lb_endpoints, sorted by address. */
@@ -239,6 +267,7 @@ struct lb_ct_entry {
 	__u64 last_seen_ns;
 	__u64 packets;    /* this direction */
 	__u64 bytes;
+	__u64 reported_ns; /* when this entry last sent an event (LB_EV_REFRESH pacing) */
 };
 
 /* A conntrack event for the agent: both entries, enough to recreate the flow

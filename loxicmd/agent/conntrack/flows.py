@@ -31,7 +31,7 @@ _ENTRY = [
     ("rule_id", "I"), ("ep_slot", "I"), ("timeout_s", "I"), ("seq_next", "I"),
     ("dir", "B"), ("state", "B"), ("fin_seen", "B"), ("xlate", "B"), ("flags", "I"),
     ("nat_mode", "B"), ("created_ns", "Q"), ("last_seen_ns", "Q"), ("packets", "Q"),
-    ("bytes", "Q"),
+    ("bytes", "Q"), ("reported_ns", "Q"),
 ]
 _KEY = [("saddr", "4s"), ("daddr", "4s"), ("sport", "H"), ("dport", "H"), ("proto", "B")]
 ENTRY_FIELDS = [name for name, _ in _ENTRY]
@@ -156,7 +156,7 @@ class Flow:
         # unpacked in ENTRY_FIELDS order (the listing decodes every flow of the table)
         saddr, daddr, sport, dport, proto = key
         (_, _, _, _, _, xsaddr, xdaddr, xsport, xdport, rule_id, ep_slot, timeout_s, seq,
-         _, state, fin_seen, x, flags, nat_mode, created, last_seen, packets, nbytes) = o
+         _, state, fin_seen, x, flags, nat_mode, created, last_seen, packets, nbytes, _) = o
         r_seq = r_seen = r_packets = r_bytes = 0
         if r is not None:
             r_seq, r_seen, r_packets, r_bytes = r[_R_SEQ], r[_R_SEEN], r[_R_PACKETS], r[_R_BYTES]
