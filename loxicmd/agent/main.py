@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,12 +75,21 @@ def _interfaces(value: str) -> list[str] | None:
               help="Rotate the connection audit log (STATE_DIR/audit.log) at this size.")
 @click.option("--audit-backups", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="Rotated audit logs kept (audit.log.1 ... audit.log.N).")
+@click.option("--cluster", "cluster", default=None, metavar="PEER[:PORT][,...]",
+              help="Sync conntrack with these LB nodes (their --cluster-listen; port "
+                   "22222 when not given), so that a failover breaks no flow.")
+@click.option("--cluster-key", type=click.Path(dir_okay=False), default=None,
+              help="File with the cluster's shared key (mode 600; every node the same): "
+                   "authenticates the sync peers. Needed with --cluster.")
+@click.option("--cluster-listen", default="0.0.0.0:22222", show_default=True,
+              metavar="ADDR[:PORT]", help="Where peers' sync connections are accepted.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         bpffs_dir: str | None, ct_entries: int | None, token: str | None,
         detach_on_exit: bool, cleanup: bool, keep_sysctls: bool, audit_max_mb: int,
-        audit_backups: int, log_level: str) -> None:
+        audit_backups: int, cluster: str | None, cluster_key: str | None,
+        cluster_listen: str, log_level: str) -> None:
     """The load-balancer agent: loads the eBPF datapath, serves the REST API."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,6 +104,7 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
     if host not in ("127.0.0.1", "::1", "localhost") and not token:
         raise click.UsageError("--host other than loopback needs --token (or LOXILBD_TOKEN)")
     ifnames = _interfaces(interfaces)
+    sync = _cluster_settings(cluster, cluster_key, cluster_listen, node)
 
     import uvicorn
 
@@ -113,7 +124,7 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             raise click.ClickException(str(exc)) from None
         try:
             parts = _build(stack, store, pin_dir, ct_entries, ifnames,
-                           Path(state_dir), audit_max_mb * 1024 * 1024, audit_backups)
+                           Path(state_dir), audit_max_mb * 1024 * 1024, audit_backups, sync)
         except (OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         dp = parts.rules.dp
@@ -137,18 +148,56 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             raise click.ClickException(f"could not serve the API on {host}:{port}")
 
 
+@dataclass(frozen=True)
+class SyncSettings:
+    node: str
+    key: bytes
+    peers: list[tuple[str, int]]
+    listen: tuple[str, int]
+
+
+def _cluster_settings(cluster: str | None, key_file: str | None, listen: str,
+                      node: str) -> SyncSettings | None:
+    from .ha.sync import DEFAULT_PORT, parse_peer, read_key
+
+    if cluster is None:
+        if key_file is not None:
+            raise click.UsageError("--cluster-key needs --cluster (the peers to sync with)")
+        return None
+    if key_file is None:
+        raise click.UsageError("--cluster needs --cluster-key FILE (the shared key that "
+                               "authenticates the peers)")
+    try:
+        peers = [parse_peer(p) for p in cluster.split(",") if p.strip()]
+        listen_at = parse_peer(listen, DEFAULT_PORT)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cluster/--cluster-listen") from None
+    if not peers:
+        raise click.BadParameter(f"{cluster!r} names no peer; allowed: PEER[:PORT][,...]",
+                                 param_hint="--cluster")
+    try:
+        key = read_key(key_file)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--cluster-key") from None
+    return SyncSettings(node, key, peers, listen_at)
+
+
 def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
            ct_entries: int | None, ifnames: list[str] | None, state_dir: Path,
-           audit_max_bytes: int, audit_backups: int) -> AgentParts:
-    """The agent's parts, wired: the datapath, the rule table and its observers (endpoint
-    health), the readers of conntrack events (audit log, resets), the timers; restored
-    from the state directory, then attached. Each part is stopped by `stack`."""
+           audit_max_bytes: int, audit_backups: int,
+           sync_settings: SyncSettings | None = None) -> AgentParts:
+    """The agent's parts, wired: the datapath, the HA states, the rule table and its
+    observers (endpoint health), the readers of conntrack events (audit log, resets,
+    conntrack sync), the timers; restored from the state directory, then attached. Each
+    part is stopped by `stack`."""
     from .conntrack.listing import FlowListing
     from .conntrack.resets import ResetSender
     from .dataplane.dataplane import Dataplane, interfaces_in_namespace
     from .events.audit import AuditLog
     from .events.pump import EventPump, Periodic, sweeper
-    from .ha.states import HaStates
+    from .ha.garp import announce_on_takeover
+    from .ha.states import HaStates, instance_of
+    from .ha.sync import ConntrackSync
     from .health.endpoints import EndpointTable
     from .health.monitor import HealthMonitor
     from .lb.table import RuleTable
@@ -157,7 +206,11 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
 
     dp = Dataplane(pin_dir, ct_entries=ct_entries)
     stack.callback(dp.close)
+    # HA states first: every rule programmed carries its instance's slot
+    ha = HaStates(state_dir, dp.maps["lb_instances"])
+    dp.instance_slot = ha.slot_of_rule
     table = RuleTable(dp, store)
+    ha.observers.append(announce_on_takeover(table, dp))
 
     # Endpoint probes: configurations restored before the rules, so that monitored rules
     # share their probes. Health changes are applied on a worker of their own: they take
@@ -184,8 +237,22 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     stack.callback(audit.close)
     resets = ResetSender()
     stack.callback(resets.close)
-    pump = EventPump(dp, [audit.handle, resets.reset_flow], on_lost=audit.note_lost,
-                     on_batch=audit.flush).start()
+    handlers = [audit.handle, resets.reset_flow]
+    if sync_settings is not None:
+        def mark_of(rule_id: int) -> int:
+            record = table.book.by_id.get(rule_id)
+            return record.rule.key.mark if record else 0
+
+        sync = ConntrackSync(dp, sync_settings.node, sync_settings.key, sync_settings.peers,
+                             sync_settings.listen, mark_of=mark_of,
+                             instance_of=lambda rule_id: instance_of(table.book.name_of(rule_id)))
+        stack.callback(sync.stop)
+        handlers.append(sync.handle)
+        ha.sync_status = sync.status
+        sync.start()
+    else:
+        dp.set_refresh(0)
+    pump = EventPump(dp, handlers, on_lost=audit.note_lost, on_batch=audit.flush).start()
     stack.callback(pump.stop)
     stack.callback(sweeper(dp).start().stop)
     stack.callback(Periodic("route-recheck", ROUTE_RECHECK_S, table.recheck_routes).start().stop)
@@ -196,7 +263,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
         dp.detach_all()
         raise
     return AgentParts(rules=table, flows=FlowListing(table), endpoints=endpoints,
-                      ha=HaStates(state_dir), state_dir=str(state_dir), pin_dir=pin_dir)
+                      ha=ha, state_dir=str(state_dir), pin_dir=pin_dir)
 
 
 def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:

@@ -231,8 +231,10 @@ SCHEMAS: tuple[Schema, ...] = (
         "instance": Field("string", "Default `default`"),
         "state": Field("string", enum=HA_STATES, required=True, fold="upper"),
         "vip": Field("string", "The instance's VIP (empty: none)", **IP),
-        "sync": Field("integer", "Conntrack sync progress (not yet reported)", nullable=True,
-                      read_only=True),
+        "sync": Field("object", "This node's conntrack sync (null without --cluster): "
+                      "`ready` (every live peer's table received), `peers` (per peer: "
+                      "state, lag, flows sent and received), `sent`/`received` (flows by "
+                      "instance)", nullable=True, read_only=True),
     }),
     Schema("CIStatusList", "Every cluster instance.", {
         "Attr": Field("array", items="CIStatusEntry", required=True)}),

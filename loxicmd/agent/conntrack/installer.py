@@ -76,25 +76,45 @@ class FlowInstaller:
                                f"the rule of {flow.vip_ip}:{flow.vip_port}/{flow.protocol} "
                                "on this node")
 
-    def install(self, flow: Flow, now_ns: int | None = None) -> Placement:
+    @staticmethod
+    def original_key(flow: Flow) -> L.LbCtKey:
+        icmp = flow.proto == socket.IPPROTO_ICMP
+        return L.LbCtKey(saddr=_addr(flow.client), daddr=_addr(flow.vip),
+                         sport=_port(flow.client_port),
+                         dport=0 if icmp else _port(flow.vip_port), proto=flow.proto)
+
+    def remove(self, flow: Flow) -> bool:
+        """Delete both entries of the flow, if here (its end, as another node saw it);
+        its endpoint's load is given back."""
+        orig_key = self.original_key(flow)
+        existing = self.conntrack.lookup(orig_key)
+        if existing is None:
+            return False
+        if existing.flags & L.CtFlags.COUNTED:
+            self._add_load(existing.ep_slot, -1)
+        self.conntrack.delete(existing.peer)
+        self.conntrack.delete(orig_key)
+        return True
+
+    def install(self, flow: Flow, now_ns: int | None = None, grace_s: int = 0) -> Placement:
         """Write both entries of the flow (the reply one first, so that the endpoint's
-        answer finds its way back as soon as the original one exists)."""
+        answer finds its way back as soon as the original one exists). `grace_s` is
+        added to the rule's idle timeout: a copy from another node, which sees none of
+        the flow's packets, must outlive the last report it got by that much."""
         svc, slot = self.place(flow)
         now = time.monotonic_ns() if now_ns is None else now_ns  # the datapath's clock
         icmp = flow.proto == socket.IPPROTO_ICMP
-        orig_key = L.LbCtKey(saddr=_addr(flow.client), daddr=_addr(flow.vip),
-                             sport=_port(flow.client_port),
-                             dport=0 if icmp else _port(flow.vip_port), proto=flow.proto)
+        orig_key = self.original_key(flow)
         reply_key = L.LbCtKey(saddr=_addr(flow.endpoint), daddr=_addr(flow.nat_source),
                               sport=0 if icmp else _port(flow.endpoint_port),
                               dport=_port(flow.nat_port), proto=flow.proto)
         ports = 0 if icmp else 1
-        orig = self._entry(flow, svc, slot, now, L.CtDir.ORIGINAL, reply_key)
+        orig = self._entry(flow, svc, slot, now, L.CtDir.ORIGINAL, reply_key, grace_s)
         orig.xlate_daddr, orig.xlate_dport = _addr(flow.endpoint), _port(flow.endpoint_port)
         orig.xlate = L.Xlate.DADDR | (L.Xlate.DPORT if ports else 0)
         orig.seq_next = flow.client_seq_next
         orig.packets, orig.bytes = flow.packets_to_endpoint, flow.bytes_to_endpoint
-        reply = self._entry(flow, svc, slot, now, L.CtDir.REPLY, orig_key)
+        reply = self._entry(flow, svc, slot, now, L.CtDir.REPLY, orig_key, grace_s)
         reply.xlate_saddr, reply.xlate_sport = _addr(flow.vip), _port(flow.vip_port)
         reply.xlate = L.Xlate.SADDR | (L.Xlate.SPORT if ports else 0)
         reply.seq_next = flow.endpoint_seq_next
@@ -113,6 +133,8 @@ class FlowInstaller:
         existing = self.conntrack.lookup(orig_key)
         if existing is not None and existing.flags & L.CtFlags.COUNTED:
             self._add_load(existing.ep_slot, -1)
+        if existing is not None and bytes(existing.peer) != bytes(reply_key):
+            self.conntrack.delete(existing.peer)  # the tuple was reused (another NAT port)
         self.conntrack.update(reply_key, reply)
         self.conntrack.update(orig_key, orig)
         if open_flow:
@@ -121,12 +143,12 @@ class FlowInstaller:
 
     @staticmethod
     def _entry(flow: Flow, svc: L.LbSvc, slot: int, now: int, direction: int,
-               peer: L.LbCtKey) -> L.LbCtEntry:
+               peer: L.LbCtKey, grace_s: int) -> L.LbCtEntry:
         age = max(0, flow.last_seen_ns - flow.created_ns)
         return L.LbCtEntry(peer=peer, rule_id=svc.rule_id, ep_slot=slot,
-                           timeout_s=svc.timeout_s, dir=direction, state=flow.state,
+                           timeout_s=svc.timeout_s + grace_s, dir=direction, state=flow.state,
                            fin_seen=flow.fin_seen, nat_mode=flow.nat_mode,
-                           created_ns=max(0, now - age), last_seen_ns=now)
+                           created_ns=max(0, now - age), last_seen_ns=now, reported_ns=now)
 
     def _add_load(self, slot: int, delta: int) -> None:
         load = self.loads.lookup(slot)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import socket
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import datapath
 from datapath import layouts as L
@@ -93,6 +93,8 @@ class Dataplane:
         self.sweep_fd = self.obj.program_fd(datapath.SWEEP_PROGRAM_NAME)
         self.maps = self.obj.maps
         self.attached: dict[str, int] = {}
+        # A rule's HA instance slot (lb_svc.instance) by its name; the HA states set it.
+        self.instance_slot: Callable[[str], int] = lambda rule_name: 0
 
     # -- attachment ---------------------------------------------------------
     def attach(self, ifnames: Iterable[str]) -> None:
@@ -154,7 +156,8 @@ class Dataplane:
         svc = L.LbSvc(rule_id=rule_id, sel=rule.sel, nat_mode=rule.mode,
                       flags=L.SvcFlags.ALLOWLIST if rule.allowed_sources else 0,
                       timeout_s=rule.effective_timeout, persist_s=PERSIST_LIFETIME_S,
-                      snat_addr=L.ip_to_be32(rule.private_ip) if rule.private_ip else 0)
+                      snat_addr=L.ip_to_be32(rule.private_ip) if rule.private_ip else 0,
+                      instance=self.instance_slot(rule.name))
         keys = self.service_keys(rule)
         for key in keys:
             self.maps["lb_services"].update(key, svc)
@@ -239,6 +242,11 @@ class Dataplane:
         ctx = bytearray(_SKB_CTX_LEN)
         ctx[_SKB_CB_OFFSET:_SKB_CB_OFFSET + 12] = (ctypes.c_uint32 * 3)(mode, target, reason)
         return prog_test_run(self.sweep_fd, _DUMMY_FRAME, ctx=bytes(ctx)).retval
+
+    def set_refresh(self, seconds: float) -> None:
+        """Have the datapath report flows that carry traffic again every `seconds` (0:
+        never): what keeps the copies conntrack sync gave to peers from ageing out."""
+        self.maps["lb_config"].update(0, L.LbConfig(refresh_ns=int(seconds * 1e9)))
 
     # -- counters -------------------------------------------------------------
     def _sum(self, map_name: str, index: int) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from loxicmd.api import paths
@@ -13,10 +15,44 @@ from loxicmd.names import HA_STATES
 
 STATES = HA_STATES
 
+def _peers(row: dict[str, Any]) -> list[str]:
+    """Each peer as ADDRESS(state, bulk received): what sync has with it."""
+    sync = row.get("sync") or {}
+    return [f"{p.get('peer')}({p.get('state')}, table {p.get('bulk')})"
+            for p in sync.get("peers", [])]
+
+
+def _sync_state(row: dict[str, Any]) -> str:
+    sync = row.get("sync")
+    if not sync:
+        return "off"
+    return "synced" if sync.get("ready") else "syncing"
+
+
+def _lag(row: dict[str, Any]) -> str:
+    """The worst peer's lag now and its p99 (ms)."""
+    peers = (row.get("sync") or {}).get("peers", [])
+    if not peers:
+        return ""
+    now = max(float(p.get("lagMs") or 0) for p in peers)
+    p99 = max(float(p.get("lagP99Ms") or 0) for p in peers)
+    return f"{now:g}ms (p99 {p99:g}ms)"
+
+
+def _synced(row: dict[str, Any]) -> str:
+    """This instance's flows sent to peers / installed from them."""
+    sync = row.get("sync")
+    if not sync:
+        return ""
+    name = row.get("instance", "")
+    return f"{sync.get('sent', {}).get(name, 0)}/{sync.get('received', {}).get(name, 0)}"
+
+
 LISTING = Listing(
     "hastate", paths.CISTATE_ALL, "Attr",
     (Column("INSTANCE", "instance"), Column("HASTATE", "state", state=True)),
-    wide=(Column("VIP", "vip"), Column("SYNC", "sync")),
+    wide=(Column("VIP", "vip"), Column("SYNC", _sync_state), Column("PEERS", _peers),
+          Column("LAG", _lag), Column("SENT/RECEIVED", _synced)),
     sort_key=lambda r: str(r.get("instance", "")),
 )
 
@@ -49,7 +85,8 @@ def delete_hastate(ctx: click.Context, instance: str) -> None:
 
 
 COMMANDS: dict[str, click.Command] = {
-    "get": LISTING.command("List HA instance states (-o wide adds VIP and SYNC)."),
+    "get": LISTING.command("List HA instance states (-o wide adds the VIP and conntrack "
+                           "sync: its state, the peers, the lag, flows sent/received)."),
     "set": set_hastate,
     "delete": delete_hastate,
 }

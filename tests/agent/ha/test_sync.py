@@ -1,0 +1,274 @@
+"""Conntrack sync: the wire format (records, authentication, framing), and two nodes with
+the real datapath (test-run) syncing over TCP: a flow opened on one is carried on by the
+other, its end is removed there, a table that was there before the connection arrives as
+a bulk, and readiness waits for the bulk of every live peer."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dp_harness import CLIENT, EPS, PRIVATE_IP, VIP, DpHarness, lb_body, tcp, udp
+from lab import wait_for
+from scapy.layers.inet import IP, TCP
+
+from datapath import layouts as L
+from loxicmd.agent.conntrack.flows import Flow
+from loxicmd.agent.ha import sync_format as F
+from loxicmd.agent.ha.sync import GRACE_S, ConntrackSync, parse_peer, read_key
+
+KEY = b"k" * 32
+
+
+def _flow(**changes: object) -> Flow:
+    flow = Flow(6, socket.inet_aton(CLIENT), 40000, socket.inet_aton(VIP), 2020,
+                socket.inet_aton(EPS[1]), 8080, socket.inet_aton(PRIVATE_IP), 41234, True,
+                2, int(L.CtState.EST), 1, 1001, 5001, 240, 1_000_000, 4_000_000, 3, 300, 2,
+                200, 7, 9, 1, mark=5)
+    for name, value in changes.items():
+        setattr(flow, name, value)
+    return flow
+
+
+def test_a_flow_record_carries_what_a_peer_needs() -> None:
+    flow = _flow()
+    rec = F.encode_flow(flow, F.Op.UPSERT, now_ns=10_000_000)
+    assert len(rec) == F.RECORD.size
+    op, back = F.decode_flow(rec, now_ns=50_000_000)
+    assert op == F.Op.UPSERT
+    for name in ("proto", "client", "client_port", "vip", "vip_port", "endpoint",
+                 "endpoint_port", "nat_source", "nat_port", "snat", "nat_mode", "state",
+                 "fin_seen", "client_seq_next", "endpoint_seq_next", "mark",
+                 "packets_to_endpoint", "bytes_to_endpoint", "packets_to_client",
+                 "bytes_to_client"):
+        assert getattr(back, name) == getattr(flow, name), name
+    # times travel as age and idle time: on the receiver's clock, same distances
+    assert back.last_seen_ns - back.created_ns == flow.last_seen_ns - flow.created_ns
+    assert 50_000_000 - back.last_seen_ns == 10_000_000 - flow.last_seen_ns
+
+
+def test_a_record_with_an_ipv6_address_is_refused_by_name() -> None:
+    rec = bytearray(F.encode_flow(_flow(), F.Op.DELETE, 0))
+    rec[8:24] = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    with pytest.raises(F.SyncError, match="IPv6"):
+        F.decode_flow(bytes(rec), 0)
+
+
+def _handshake(server_key: bytes, client_key: bytes) -> tuple[object, object]:
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    result: dict[str, object] = {}
+
+    def serve() -> None:
+        try:
+            result["server"] = F.server_handshake(F.Channel(a), server_key, "lb2")
+        except (F.SyncError, OSError) as exc:
+            result["server"] = exc
+            a.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        result["client"] = F.client_handshake(F.Channel(b), client_key, "lb1")
+    except (F.SyncError, OSError) as exc:
+        result["client"] = exc
+        b.close()
+    t.join(5)
+    return result["server"], result["client"]
+
+
+def test_peers_with_the_same_key_learn_each_others_names() -> None:
+    assert _handshake(KEY, KEY) == ("lb1", "lb2")
+
+
+def test_a_peer_with_another_key_is_refused_both_ways() -> None:
+    server, client = _handshake(KEY, b"x" * 32)
+    assert isinstance(client, F.SyncError) and "cluster key" in str(client)
+    assert isinstance(server, OSError | F.SyncError)
+
+
+def _channels() -> tuple[F.Channel, F.Channel, socket.socket]:
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    return F.Channel(a, session_key=KEY), F.Channel(b, session_key=KEY), b
+
+
+def test_a_tampered_frame_fails_authentication() -> None:
+    rx, tx, raw = _channels()
+    payload = F.COUNT.pack(0)
+    head = F.HEADER.pack(F.MAGIC, F.VERSION, F.FrameType.FLOWS, 0, len(payload), 1)
+    import hashlib
+    import hmac
+    mac = hmac.new(KEY, head + payload, hashlib.sha256).digest()[:F.MAC_LEN]
+    raw.sendall(head + b"\0\0\0\1" + mac)  # the count changed after the MAC was made
+    with pytest.raises(F.SyncError, match="authentication"):
+        rx.recv()
+
+
+def test_a_replayed_frame_is_refused() -> None:
+    rx, tx, _ = _channels()
+    tx.send(F.FrameType.BULK_BEGIN)
+    assert rx.recv()[0] == F.FrameType.BULK_BEGIN
+    tx.seq_out -= 1  # the same seq again
+    tx.send(F.FrameType.BULK_BEGIN)
+    with pytest.raises(F.SyncError, match="replayed"):
+        rx.recv()
+
+
+def test_another_version_is_refused_by_name() -> None:
+    rx, _, raw = _channels()
+    raw.sendall(F.HEADER.pack(F.MAGIC, 2, F.FrameType.ACK, 0, 0, 1))
+    with pytest.raises(F.SyncError, match="version 2"):
+        rx.recv()
+
+
+def test_peers_and_key_files_are_checked(tmp_path: Path) -> None:
+    assert parse_peer("198.18.1.3") == ("198.18.1.3", 22222)
+    assert parse_peer("198.18.1.3:7000") == ("198.18.1.3", 7000)
+    with pytest.raises(ValueError, match="HOST or HOST:PORT"):
+        parse_peer("198.18.1.3:70000")
+    key = tmp_path / "key"
+    key.write_bytes(b"s" * 32)
+    key.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        read_key(str(key))
+    key.chmod(0o600)
+    assert read_key(str(key)) == b"s" * 32
+    key.write_bytes(b"short")
+    with pytest.raises(ValueError, match="at least 16"):
+        read_key(str(key))
+
+
+# -- two nodes, real datapaths ------------------------------------------------------------
+
+@pytest.fixture
+def peer(tmp_path_factory: pytest.TempPathFactory, h: DpHarness) -> Iterator[DpHarness]:
+    """A second node (its own maps, in the same namespace as `h`'s thread is now)."""
+    other = DpHarness(Path(tmp_path_factory.mktemp("peer")), ct_entries=65536)
+    try:
+        yield other
+    finally:
+        other.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def pair(h: DpHarness, peer: DpHarness) -> Iterator[tuple[ConntrackSync, ConntrackSync]]:
+    ports = _free_port(), _free_port()
+    one = ConntrackSync(h.dp, "lb1", KEY, [("127.0.0.1", ports[1])], ("127.0.0.1", ports[0]))
+    two = ConntrackSync(peer.dp, "lb2", KEY, [("127.0.0.1", ports[0])], ("127.0.0.1", ports[1]))
+    try:
+        yield one, two
+    finally:
+        one.stop()
+        two.stop()
+
+
+def _pump(h: DpHarness, sync: ConntrackSync) -> list[L.LbEvent]:
+    """What the event pump does: the node's events to its sync."""
+    events = h.events()
+    for ev in events:
+        sync.handle(bytes(ev))
+    return events
+
+
+def _entries(node: DpHarness) -> int:
+    return sum(1 for _ in node.dp.maps["lb_conntrack"].items())
+
+
+def test_a_flow_opened_on_one_node_goes_on_through_the_other(
+        h: DpHarness, peer: DpHarness, pair: tuple[ConntrackSync, ConntrackSync]) -> None:
+    one, two = pair
+    body = lb_body(mode=2, privateIP=PRIVATE_IP)
+    h.apply(body)
+    peer.apply(lb_body(port=9999, eps=["198.18.13.9"]))  # other rule ids there
+    peer.apply(body)
+    one.start()
+    two.start()
+    wait_for(lambda: one.ready() and two.ready(), timeout=10, what="both nodes synced")
+
+    assert h.run(tcp(sport=41000, flags="S", seq=1000))[0] == 0
+    (new,) = _pump(h, one)
+    flow = Flow.from_event(new)
+    wait_for(lambda: _entries(peer) == 2, timeout=5, what="the flow on the peer")
+    # the peer keeps it longer than the rule says (it sees none of its packets)
+    entries = [e for _, e in peer.dp.maps["lb_conntrack"].items()]
+    assert {e.timeout_s for e in entries} == {240 + GRACE_S}
+
+    # the next packets of the flow, on the other node: same endpoint, same NAT port
+    peer.events()
+    verdict, out = peer.run(tcp(sport=41000, flags="A", seq=1001, ack=5001))
+    assert verdict == 0
+    assert (out[IP].dst, out[IP].src, out[TCP].sport) == (flow.endpoint_ip, PRIVATE_IP,
+                                                          flow.nat_port)
+    verdict, back = peer.run(tcp(src=flow.endpoint_ip, dst=PRIVATE_IP, sport=8080,
+                                 dport=flow.nat_port, flags="SA", seq=5000, ack=1001))
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == \
+        (VIP, 2020, CLIENT, 41000)
+    assert not [e for e in peer.events() if e.type == L.EventType.NEW]
+
+    # the flow's end on the first node removes it on the peer
+    h.table.delete(list(h.table.records), "")
+    assert [e.type for e in _pump(h, one)] == [L.EventType.EXPIRED]
+    wait_for(lambda: _entries(peer) == 0, timeout=5, what="the flow gone from the peer")
+    status = one.status()
+    (p,) = status["peers"]
+    assert p["state"] == "connected" and p["sent"] == 2 and p["bulk"] == "done"
+    wait_for(lambda: one.status()["peers"][0]["lagMs"] == 0, timeout=5, what="acks")
+    assert two.status()["peers"][0]["installed"] == 1
+
+
+def test_a_table_made_before_the_connection_arrives_whole_and_gates_readiness(
+        h: DpHarness, peer: DpHarness, pair: tuple[ConntrackSync, ConntrackSync]) -> None:
+    one, two = pair
+    h.apply(lb_body(proto="udp"))
+    peer.apply(lb_body(proto="udp"))
+    for sport in range(42000, 42050):
+        assert h.run(udp(sport=sport))[0] == 0
+    h.events()
+    two.start()  # lb2 first: lb1 is not there yet, so lb2 has nobody to wait for
+    wait_for(two.ready, timeout=10, what="lb2 ready alone")
+    assert two.status()["peers"][0]["state"] == "down"
+    one.start()
+    wait_for(lambda: _entries(peer) == 100, timeout=10, what="the bulk on lb2")
+    wait_for(lambda: one.ready() and two.ready(), timeout=10, what="both synced")
+    assert two.status()["peers"][0]["bulk"] == "done"
+    assert two.status()["peers"][0]["installed"] == 50
+
+
+def test_a_node_is_not_ready_while_a_live_peer_has_not_sent_its_table(
+        h: DpHarness, tmp_path: Path) -> None:
+    """A live peer (it accepts our connection) that never sends its table: not ready."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def silent_peer() -> None:
+        conn, _ = server.accept()
+        accepted.append(conn)
+        F.server_handshake(F.Channel(conn), KEY, "silent")
+
+    t = threading.Thread(target=silent_peer, daemon=True)
+    t.start()
+    sync = ConntrackSync(h.dp, "lb1", KEY, [("127.0.0.1", port)], ("127.0.0.1", _free_port()))
+    try:
+        sync.start()
+        wait_for(lambda: sync.status()["peers"][0]["state"] == "connected", timeout=5,
+                 what="connected to the silent peer")
+        time.sleep(0.5)
+        assert not sync.ready()
+    finally:
+        sync.stop()
+        server.close()
+        for conn in accepted:
+            conn.close()
