@@ -194,9 +194,10 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     from .conntrack.resets import ResetSender
     from .dataplane.dataplane import Dataplane, interfaces_in_namespace
     from .events.audit import AuditLog
-    from .events.pump import EventPump, Periodic, sweeper
+    from .events.pump import POLL_MS, EventPump, Periodic, sweeper
     from .ha.garp import announce_on_takeover
     from .ha.states import HaStates, instance_of
+    from .ha.sync import POLL_MS as SYNC_POLL_MS
     from .ha.sync import ConntrackSync
     from .health.endpoints import EndpointTable
     from .health.monitor import HealthMonitor
@@ -247,12 +248,15 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
                              sync_settings.listen, mark_of=mark_of,
                              instance_of=lambda rule_id: instance_of(table.book.name_of(rule_id)))
         stack.callback(sync.stop)
+        table.observe(sync.installer)
         handlers.append(sync.handle)
         ha.sync_status = sync.status
         sync.start()
     else:
         dp.set_refresh(0)
-    pump = EventPump(dp, handlers, on_lost=audit.note_lost, on_batch=audit.flush).start()
+    # with peers, events are read sooner: their wait adds to the peers' lag
+    pump = EventPump(dp, handlers, on_lost=audit.note_lost, on_batch=audit.flush,
+                     poll_ms=SYNC_POLL_MS if sync_settings else POLL_MS).start()
     stack.callback(pump.stop)
     stack.callback(sweeper(dp).start().stop)
     stack.callback(Periodic("route-recheck", ROUTE_RECHECK_S, table.recheck_routes).start().stop)

@@ -51,9 +51,24 @@ class FlowInstaller:
         self.endpoints = dp.maps["lb_endpoints"]
         self.conntrack = dp.maps["lb_conntrack"]
         self.loads = dp.maps["lb_ep_load"]
+        # where flows of a (service, endpoint) went: sync places thousands per second,
+        # most of them of a few services; valid until a rule changes (rule_changed)
+        self._placed: dict[tuple[bytes, int, int, int, bytes, int], tuple[L.LbSvc, int]] = {}
+
+    def rule_changed(self, old: object, new: object) -> None:
+        """A rule changed: slots and service settings may have (the table's observer)."""
+        self._placed = {}
 
     def place(self, flow: Flow) -> tuple[L.LbSvc, int]:
         """The local service and endpoint slot of a flow (FlowNotPlaceable otherwise)."""
+        key = (flow.vip, flow.vip_port, flow.proto, flow.mark, flow.endpoint,
+               flow.endpoint_port)
+        placed = self._placed.get(key)
+        if placed is None:
+            placed = self._placed[key] = self._lookup(flow)
+        return placed
+
+    def _lookup(self, flow: Flow) -> tuple[L.LbSvc, int]:
         icmp = flow.proto == socket.IPPROTO_ICMP
         key = L.LbSvcKey(vip=_addr(flow.vip), port=0 if icmp else _port(flow.vip_port),
                          proto=flow.proto, mark=flow.mark)

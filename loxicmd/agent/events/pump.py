@@ -34,8 +34,9 @@ POLL_MS = 50
 class EventPump:
     def __init__(self, dp: Dataplane, handlers: Sequence[EventHandler],
                  on_lost: Callable[[int], None] | None = None,
-                 on_batch: Callable[[], None] | None = None) -> None:
+                 on_batch: Callable[[], None] | None = None, poll_ms: int = POLL_MS) -> None:
         self.dp = dp
+        self.poll_ms = poll_ms
         self.handlers = list(handlers)
         self.on_lost = on_lost
         self.on_batch = on_batch  # after each batch of events (e.g. flush the audit log)
@@ -80,7 +81,7 @@ class EventPump:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self._poll(POLL_MS) == 0:
+                if self._poll(self.poll_ms) == 0:
                     self._check_lost()
             except Exception:
                 log.exception("event pump")

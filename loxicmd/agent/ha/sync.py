@@ -38,6 +38,7 @@ log = logging.getLogger("loxilbd.sync")
 
 DEFAULT_PORT = 22222
 BATCH_S = 0.02  # the most an event waits to be sent
+POLL_MS = 10  # how often the event pump reads the ring buffer while sync is on
 BATCH_RECORDS = 2000  # records per frame
 QUEUE_LIMIT = 500_000  # records queued for a peer beyond which it gets a new bulk
 # Flows that carry traffic are reported again this often; a peer keeps its copy that much
@@ -45,9 +46,14 @@ QUEUE_LIMIT = 500_000  # records queued for a peer beyond which it gets a new bu
 REFRESH_S = 30
 GRACE_S = 2 * REFRESH_S
 CONNECT_TIMEOUT_S = 1.0
+# A peer that refused or did not answer our connections this long after this agent started
+# is down: the node need not wait for its table. (A peer that was only slow to come up
+# makes the node wait: waiting is safe, taking MASTER without the flows is not.)
+PEER_DOWN_S = 3.0
 RETRY_S = 1.0
 SEND_TIMEOUT_S = 10.0
-LAG_SAMPLES = 2000
+LAG_SAMPLES = 20_000
+LAG_WINDOW_S = 10  # the lag percentile is over the batches acknowledged this recently
 
 _SYNCED_EVENTS = {int(L.EventType.NEW), int(L.EventType.EST), int(L.EventType.CLOSED),
                   int(L.EventType.REFRESH), int(L.EventType.EXPIRED)}
@@ -119,7 +125,7 @@ class Outbound:
     def __init__(self, sync: ConntrackSync, host: str, port: int) -> None:
         self.sync, self.host, self.port = sync, host, port
         self.state = "connecting"  # connecting | connected | down
-        self.attempted = False
+        self.down_since: float | None = None  # monotonic; this streak of failures
         self.identity = ""
         self.error = ""
         self.sent = 0
@@ -128,7 +134,7 @@ class Outbound:
         self._overflow = False
         self._cond = threading.Condition()
         self._unacked: collections.deque[tuple[int, int]] = collections.deque()  # seq, ts
-        self.lags: collections.deque[int] = collections.deque(maxlen=LAG_SAMPLES)
+        self.lags: collections.deque[tuple[int, int]] = collections.deque(maxlen=LAG_SAMPLES)
         self._kick = threading.Event()
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name=f"sync-to-{host}", daemon=True)
@@ -201,8 +207,14 @@ class Outbound:
                     sock.close()
                 self._sock = None
 
+    def is_down(self) -> bool:
+        return (self.state == "down" and self.down_since is not None
+                and time.monotonic() - self.down_since >= PEER_DOWN_S)
+
     def _down(self, error: str) -> None:
-        self.state, self.error, self.attempted = "down", error, True
+        if self.state != "down":
+            self.down_since = time.monotonic()
+        self.state, self.error = "down", error
         self._unacked.clear()
         self._kick.wait(RETRY_S)
         self._kick.clear()
@@ -211,7 +223,7 @@ class Outbound:
         with self._cond:
             self._queue.clear()
             self._overflow = False
-        self.state, self.error, self.attempted = "connected", "", True
+        self.state, self.error, self.down_since = "connected", "", None
         log.info("sync to %s (%s): connected", self.name, self.identity)
         acks = threading.Thread(target=self._read_acks, args=(ch,), daemon=True,
                                 name=f"sync-acks-{self.host}")
@@ -272,7 +284,7 @@ class Outbound:
                 now = time.monotonic_ns()
                 while self._unacked and self._unacked[0][0] <= acked:
                     _, ts = self._unacked.popleft()
-                    self.lags.append(now - ts)
+                    self.lags.append((now, now - ts))
         except (OSError, F.SyncError) as exc:
             if not self.sync.stopping:
                 log.info("sync to %s: %s", self.name, exc)
@@ -283,7 +295,8 @@ class Outbound:
             self._cond.notify_all()
 
     def status(self, now: int) -> dict[str, Any]:
-        lags = sorted(self.lags)
+        since = now - LAG_WINDOW_S * 1_000_000_000
+        lags = sorted(lag for at, lag in list(self.lags) if at >= since)
         p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0
         return {"peer": self.name, "node": self.identity.rsplit("@", 1)[0],
                 "state": self.state, "error": self.error, "sent": self.sent,
@@ -303,6 +316,7 @@ class ConntrackSync:
         self.instance_of = instance_of
         self.installer = FlowInstaller(dp)
         self.stopping = False
+        self._synced = False
         self.outbound = [Outbound(self, host, port) for host, port in peers]
         self.inbound: dict[int, Inbound] = {}  # by connection id
         self._conn_ids = iter(range(1, 1 << 62))
@@ -440,12 +454,20 @@ class ConntrackSync:
 
     # -- state --------------------------------------------------------------------------
     def ready(self) -> bool:
-        """Every peer our connection reaches has sent us its whole table (a peer we
-        cannot reach is down and has nothing to give)."""
+        """Since it started, this node got the whole table of every peer that is up (a
+        peer that stays unreachable is down and has nothing to give). Once true it stays
+        true: a peer leaving or coming back takes no flow away from this node."""
+        if self._synced:
+            return True
         with self._lock:
             done = {p.identity for p in self.inbound.values() if p.bulk == "done"}
-        return all(o.attempted and (o.state != "connected" or o.identity in done)
-                   for o in self.outbound)
+        if all((o.state == "connected" and o.identity in done) or o.is_down()
+               for o in self.outbound):
+            self._synced = True
+            log.info("conntrack synced: every live peer's table received (%s)", ", ".join(
+                f"{o.name} {'down' if o.is_down() else 'sent its table'}"
+                for o in self.outbound))
+        return self._synced
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic_ns()
