@@ -9,7 +9,8 @@ Writes bench/results/<date>-<host>.json (``-quick`` before the suffix for --quic
 same as Markdown tables (.md) and a PNG chart of the network ratios (.png), and prints the
 Markdown. Parts (in this order): network (bench/netbench.py), testrun (below), datapath
 (bench/bench_datapath.py: per selection and NAT mode, Maglev), conntrack and control_plane
-(bench/conntrack_scale.py), cli (below), audit (bench/bench_audit.py).
+(bench/conntrack_scale.py), cli (below), audit (bench/bench_audit.py), sync
+(bench/bench_sync.py).
 
 - Datapath: the kernel-reported duration of BPF_PROG_TEST_RUN, averaged over
   many repeat-1 runs (a repeated run would see its own rewritten packet), for
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import bench_datapath  # noqa: E402
+import bench_sync  # noqa: E402
 import chart  # noqa: E402
 import conntrack_scale  # noqa: E402
 import netbench  # noqa: E402
@@ -171,7 +173,8 @@ def cli_table_rows(cli: dict[str, Any]) -> list[str]:
             f"`python3 -c pass` {py * 1000:.0f} ms |" for name, m in measures]
 
 
-PARTS = ("network", "testrun", "datapath", "conntrack", "control_plane", "cli", "audit")
+PARTS = ("network", "testrun", "datapath", "conntrack", "control_plane", "cli", "audit",
+         "sync")
 
 
 def run_audit(quick: bool) -> dict[str, Any]:
@@ -214,6 +217,9 @@ def markdown(result: dict[str, Any]) -> str:
                 "|---|---|---|---|", *cli_table_rows(result["cli"])]
     if "audit" in result:
         out += ["\n## Audit log\n", result["audit"]["output"]]
+    if "sync" in result:
+        out += ["\n## Conntrack sync to one peer (hping3 SYNs, one new flow each)\n",
+                bench_sync.table(result["sync"])]
     return "\n".join(out) + "\n"
 
 
@@ -246,6 +252,7 @@ def main() -> None:
             200 if q else 1000, 10_000 if q else 100_000, 3 if q else 5),
         "cli": lambda: bench_cli(cli_runs, (100, 1000) if q else (100, 10_000)),
         "audit": lambda: run_audit(q),
+        "sync": lambda: bench_sync.main(q),
     }
     for name in PARTS:
         if name not in parts:

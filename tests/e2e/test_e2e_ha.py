@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,3 +294,17 @@ def test_a_cluster_needs_its_key_and_names_what_is_wrong(lab: Lab, ha_topo: HaTo
         assert cp.returncode == 2 and said in cp.stderr, (args, cp.stderr)
     assert not (lab.workdir / "never").exists()
     subprocess.run(["rm", "-rf", "/sys/fs/bpf/loxilb-never"], check=False)
+
+
+def test_the_readme_s_keepalived_conf_is_valid_for_keepalived(ha_topo: HaTopology,
+                                                               lab: Lab) -> None:
+    """The documented keepalived.conf (README), with this install's script paths, passes
+    keepalived's own check on a node with the interfaces it names."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    conf = text.split("keepalived.conf of lb1", 1)[1].split("```\n", 2)[1]
+    assert "loxilbd-ready" in conf and "loxilbd-notify" in conf
+    bindir = str(Path(shutil.which("loxilbd-ready") or "").parent)
+    path = lab.workdir / "readme-keepalived.conf"
+    path.write_text(conf.replace("/usr/local/bin", bindir))
+    cp = ha_topo.lbs["lb1"].run(KEEPALIVED, "--config-test", "-f", str(path), check=False)
+    assert cp.returncode == 0 and not cp.stderr.strip(), cp.stderr

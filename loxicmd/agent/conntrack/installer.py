@@ -116,8 +116,55 @@ class FlowInstaller:
         answer finds its way back as soon as the original one exists). `grace_s` is
         added to the rule's idle timeout: a copy from another node, which sees none of
         the flow's packets, must outlive the last report it got by that much."""
-        svc, slot = self.place(flow)
+        (placed,) = self.install_many([flow], now_ns, grace_s)
+        if isinstance(placed, FlowNotPlaceable):
+            raise placed
+        return placed
+
+    def install_many(self, flows: list[Flow], now_ns: int | None = None, grace_s: int = 0
+                     ) -> list[Placement | FlowNotPlaceable]:
+        """Install flows in order (a later one of the same tuple wins), all entries in one
+        batch; each flow's placement, or why it has none here."""
         now = time.monotonic_ns() if now_ns is None else now_ns  # the datapath's clock
+        results: list[Placement | FlowNotPlaceable] = []
+        keys: list[L.LbCtKey] = []
+        values: list[L.LbCtEntry] = []
+        loads: dict[int, int] = {}
+        written: dict[bytes, L.LbCtEntry] = {}  # this batch's original entries by key
+        for flow in flows:
+            try:
+                svc, slot = self.place(flow)
+            except FlowNotPlaceable as exc:
+                results.append(exc)
+                continue
+            orig_key, reply_key, orig, reply = self._entries(flow, svc, slot, now, grace_s)
+            # The endpoint's load (least-connections) counts open flows once: what an
+            # entry already here counted is given back first. The datapath changes loads
+            # with atomic adds; this read-modify-write can lose one of them in a race,
+            # which only skews lc's choice by one flow.
+            okey = bytes(orig_key)
+            existing = written.get(okey) or self.conntrack.lookup(orig_key)
+            if existing is not None and existing.flags & L.CtFlags.COUNTED:
+                loads[existing.ep_slot] = loads.get(existing.ep_slot, 0) - 1
+            if existing is not None and bytes(existing.peer) != bytes(reply_key):
+                self.conntrack.delete(existing.peer)  # the tuple was reused (another port)
+            if orig.flags & L.CtFlags.COUNTED:
+                loads[slot] = loads.get(slot, 0) + 1
+            keys += (reply_key, orig_key)
+            values += (reply, orig)
+            written[okey] = orig
+            results.append(Placement(svc.rule_id, slot, existing is not None))
+        if keys:
+            self.conntrack.update_batch((L.LbCtKey * len(keys))(*keys),
+                                        (L.LbCtEntry * len(values))(*values))
+        for slot, delta in loads.items():
+            if delta:
+                self._add_load(slot, delta)
+        return results
+
+    def _entries(self, flow: Flow, svc: L.LbSvc, slot: int, now: int, grace_s: int
+                 ) -> tuple[L.LbCtKey, L.LbCtKey, L.LbCtEntry, L.LbCtEntry]:
+        """The flow's keys and entries on this node: original, then reply."""
         icmp = flow.proto == socket.IPPROTO_ICMP
         orig_key = self.original_key(flow)
         reply_key = L.LbCtKey(saddr=_addr(flow.endpoint), daddr=_addr(flow.nat_source),
@@ -139,22 +186,9 @@ class FlowInstaller:
             orig.xlate |= L.Xlate.SADDR | (L.Xlate.SPORT if ports else 0)
             reply.xlate_daddr, reply.xlate_dport = _addr(flow.client), _port(flow.client_port)
             reply.xlate |= L.Xlate.DADDR | (L.Xlate.DPORT if ports else 0)
-        open_flow = flow.state != L.CtState.CLOSED
-        orig.flags = L.CtFlags.COUNTED if open_flow else L.CtFlags.REPORTED_CLOSED
-        # The endpoint's load (least-connections) counts open flows once: what an entry
-        # already here counted is given back first. The datapath changes loads with
-        # atomic adds; this read-modify-write can lose one of them in a race, which only
-        # skews lc's choice by one flow.
-        existing = self.conntrack.lookup(orig_key)
-        if existing is not None and existing.flags & L.CtFlags.COUNTED:
-            self._add_load(existing.ep_slot, -1)
-        if existing is not None and bytes(existing.peer) != bytes(reply_key):
-            self.conntrack.delete(existing.peer)  # the tuple was reused (another NAT port)
-        self.conntrack.update(reply_key, reply)
-        self.conntrack.update(orig_key, orig)
-        if open_flow:
-            self._add_load(slot, 1)
-        return Placement(svc.rule_id, slot, existing is not None)
+        orig.flags = (L.CtFlags.COUNTED if flow.state != L.CtState.CLOSED
+                      else L.CtFlags.REPORTED_CLOSED)
+        return orig_key, reply_key, orig, reply
 
     @staticmethod
     def _entry(flow: Flow, svc: L.LbSvc, slot: int, now: int, direction: int,

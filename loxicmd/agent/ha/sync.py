@@ -431,22 +431,29 @@ class ConntrackSync:
                 sock.close()
 
     def _install(self, peer: Inbound, payload: bytes) -> None:
+        """A FLOWS frame: upserts installed in batches, deletes in their place."""
         now = time.monotonic_ns()
         recs = F.records(payload)
         peer.received += len(recs)
         if peer.bulk == "receiving":
             peer.bulk_flows += len(recs)
+        upserts: list[Flow] = []
         for rec in recs:
             op, flow = F.decode_flow(rec, now)
-            if op == F.Op.DELETE:
-                peer.removed += self.installer.remove(flow)
+            if op == F.Op.UPSERT:
+                upserts.append(flow)
                 continue
-            try:
-                placed = self.installer.install(flow, now, grace_s=GRACE_S)
-            except FlowNotPlaceable as exc:
+            self._upsert(peer, upserts, now)
+            upserts = []
+            peer.removed += self.installer.remove(flow)
+        self._upsert(peer, upserts, now)
+
+    def _upsert(self, peer: Inbound, flows: list[Flow], now: int) -> None:
+        for placed in self.installer.install_many(flows, now, grace_s=GRACE_S):
+            if isinstance(placed, FlowNotPlaceable):
                 peer.unplaceable += 1
                 if peer.unplaceable <= 3 or peer.unplaceable % 1000 == 0:
-                    log.warning("sync from %s: %s (%d such flows)", peer.address, exc,
+                    log.warning("sync from %s: %s (%d such flows)", peer.address, placed,
                                 peer.unplaceable)
                 continue
             peer.installed += 1
