@@ -240,7 +240,7 @@ def test_ha_version_process_log_level_dpstats(node: LbNode) -> None:
     ok(node, "set", "hastate", "inst1", "backup", "--vip=198.18.200.5")
     ha = {r["INSTANCE"]: r for r in pipe_table(ok(node, "get", "ha", "-o", "wide"))}
     assert ha["inst1"] == {"INSTANCE": "inst1", "HASTATE": "BACKUP", "VIP": "198.18.200.5",
-                           "SYNC": ""}
+                           "SYNC": "off", "PEERS": "", "LAG": "", "SENT/RECEIVED": ""}
     cp = lx(node, "set", "hastate", "inst1", "PRIMARY")
     assert cp.returncode == 2 and "MASTER, BACKUP, FAULT" in cp.stderr
     status, answer = node.api("POST", "/config/cistate", {"instance": "i", "state": "UP"})

@@ -22,6 +22,9 @@ from ..errors import ApiError, InvalidInput
 from ..store.journal import StateStore
 
 DEFAULT_INSTANCE = "default"
+# LoxiLB's own name of its default instance, which kube-loxilb's rule names carry
+# ("<namespace>_<service>:llb-inst0"): the same instance here.
+LOXILB_DEFAULT_INSTANCE = "llb-inst0"
 MAX_INSTANCE_LEN = 64
 # Called after a state changed: (instance, previous state, entry), outside the lock.
 StateObserver = Callable[[str, str, dict[str, Any]], None]
@@ -30,14 +33,18 @@ StateObserver = Callable[[str, str, dict[str, Any]], None]
 def instance_of(rule_name: str) -> str:
     """The HA instance a rule belongs to: the part of its name after the last ':'."""
     _, sep, instance = rule_name.rpartition(":")
-    return instance if sep and instance else DEFAULT_INSTANCE
+    return canonical(instance) if sep and instance else DEFAULT_INSTANCE
+
+
+def canonical(instance: str) -> str:
+    return DEFAULT_INSTANCE if instance == LOXILB_DEFAULT_INSTANCE else instance
 
 
 def parse_ha_state(body: Any) -> dict[str, str]:
     """A POST /config/cistate body as ``{"instance", "state", "vip"}`` (state upper-case,
     VIP canonical; the default instance when none is named)."""
     b = check("CIStatusEntry", body, unknown="ignore")
-    instance = b.get("instance") or DEFAULT_INSTANCE
+    instance = canonical(b.get("instance") or DEFAULT_INSTANCE)
     if len(instance) > MAX_INSTANCE_LEN or not instance.isprintable() or "/" in instance:
         raise InvalidInput("instance", f"{instance!r} is not a valid instance name; allowed: "
                            f"printable text without '/', at most {MAX_INSTANCE_LEN} characters")
@@ -129,6 +136,7 @@ class HaStates:
     def delete(self, instance: str) -> None:
         """Forget an instance (one set by mistake, or whose keepalived instance is gone):
         its rules, if any are left, forward as without HA."""
+        instance = canonical(instance)
         if instance == DEFAULT_INSTANCE:
             raise InvalidInput("instance", f"{instance!r} is always there and cannot be "
                                "removed; allowed: an instance set with POST /config/cistate")

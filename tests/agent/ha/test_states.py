@@ -34,6 +34,7 @@ def test_rule_names_say_their_instance() -> None:
     assert instance_of("web:blue") == "blue"
     assert instance_of("ns:web:blue") == "blue"
     assert instance_of("web:") == "default"
+    assert instance_of("default_web:llb-inst0") == "default"  # kube-loxilb's, LoxiLB's default
 
 
 def test_only_the_master_of_an_instance_opens_its_flows(h: DpHarness, tmp_path: Path) -> None:
@@ -54,6 +55,9 @@ def test_only_the_master_of_an_instance_opens_its_flows(h: DpHarness, tmp_path: 
             # another instance's rule is not held back
             assert h.run(tcp(sport=40200, dport=3030, flags="S"))[0] == 0
         ha.set({"instance": "blue", "state": "MASTER"})
+        ha.set({"instance": "llb-inst0", "state": "BACKUP"})  # LoxiLB's name of default
+        assert ha.state_of("default") == "BACKUP"
+        assert h.run(tcp(sport=40400, dport=3030, flags="S"))[0] == TC_ACT_SHOT
         verdict, out = h.run(tcp(sport=40100, flags="S"))
         assert verdict == 0 and out[IP].dst in EPS
         ha.delete("blue")  # forgotten: as without HA
