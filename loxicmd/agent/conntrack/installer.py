@@ -11,7 +11,7 @@ sync needs, and what a restart could use to carry flows over.
 from __future__ import annotations
 
 import socket
-import struct
+import sys
 import time
 from dataclasses import dataclass
 
@@ -34,13 +34,25 @@ class Placement:
     replaced: bool  # an entry for the flow was there already (now overwritten)
 
 
+# plain ints: IntFlag arithmetic costs more than the rest of building an entry
+_SADDR, _DADDR = int(L.Xlate.SADDR), int(L.Xlate.DADDR)
+_SPORT, _DPORT = int(L.Xlate.SPORT), int(L.Xlate.DPORT)
+_ORIGINAL, _REPLY = int(L.CtDir.ORIGINAL), int(L.CtDir.REPLY)
+_COUNTED, _REPORTED_CLOSED = int(L.CtFlags.COUNTED), int(L.CtFlags.REPORTED_CLOSED)
+_CLOSED = int(L.CtState.CLOSED)
+
+
+_BE16 = [socket.htons(p) for p in range(65536)]  # sync installs thousands of flows a second
+
+
 def _port(port: int) -> int:
-    return L.port_to_be16(port)
+    """A port as a __be16 field holds it."""
+    return _BE16[port]
 
 
 def _addr(wire: bytes) -> int:
     """A wire address (4 bytes, network order) as a __be32 field holds it."""
-    return int(struct.unpack("=I", wire)[0])
+    return int.from_bytes(wire, sys.byteorder)
 
 
 class FlowInstaller:
@@ -144,11 +156,11 @@ class FlowInstaller:
             # which only skews lc's choice by one flow.
             okey = bytes(orig_key)
             existing = written.get(okey) or self.conntrack.lookup(orig_key)
-            if existing is not None and existing.flags & L.CtFlags.COUNTED:
+            if existing is not None and existing.flags & _COUNTED:
                 loads[existing.ep_slot] = loads.get(existing.ep_slot, 0) - 1
             if existing is not None and bytes(existing.peer) != bytes(reply_key):
                 self.conntrack.delete(existing.peer)  # the tuple was reused (another port)
-            if orig.flags & L.CtFlags.COUNTED:
+            if orig.flags & _COUNTED:
                 loads[slot] = loads.get(slot, 0) + 1
             keys += (reply_key, orig_key)
             values += (reply, orig)
@@ -170,24 +182,23 @@ class FlowInstaller:
         reply_key = L.LbCtKey(saddr=_addr(flow.endpoint), daddr=_addr(flow.nat_source),
                               sport=0 if icmp else _port(flow.endpoint_port),
                               dport=_port(flow.nat_port), proto=flow.proto)
-        ports = 0 if icmp else 1
-        orig = self._entry(flow, svc, slot, now, L.CtDir.ORIGINAL, reply_key, grace_s)
+        orig = self._entry(flow, svc, slot, now, _ORIGINAL, reply_key, grace_s)
         orig.xlate_daddr, orig.xlate_dport = _addr(flow.endpoint), _port(flow.endpoint_port)
-        orig.xlate = L.Xlate.DADDR | (L.Xlate.DPORT if ports else 0)
+        orig_xlate = _DADDR | (0 if icmp else _DPORT)
         orig.seq_next = flow.client_seq_next
         orig.packets, orig.bytes = flow.packets_to_endpoint, flow.bytes_to_endpoint
-        reply = self._entry(flow, svc, slot, now, L.CtDir.REPLY, orig_key, grace_s)
+        reply = self._entry(flow, svc, slot, now, _REPLY, orig_key, grace_s)
         reply.xlate_saddr, reply.xlate_sport = _addr(flow.vip), _port(flow.vip_port)
-        reply.xlate = L.Xlate.SADDR | (L.Xlate.SPORT if ports else 0)
+        reply_xlate = _SADDR | (0 if icmp else _SPORT)
         reply.seq_next = flow.endpoint_seq_next
         reply.packets, reply.bytes = flow.packets_to_client, flow.bytes_to_client
         if flow.snat:
             orig.xlate_saddr, orig.xlate_sport = _addr(flow.nat_source), _port(flow.nat_port)
-            orig.xlate |= L.Xlate.SADDR | (L.Xlate.SPORT if ports else 0)
+            orig_xlate |= _SADDR | (0 if icmp else _SPORT)
             reply.xlate_daddr, reply.xlate_dport = _addr(flow.client), _port(flow.client_port)
-            reply.xlate |= L.Xlate.DADDR | (L.Xlate.DPORT if ports else 0)
-        orig.flags = (L.CtFlags.COUNTED if flow.state != L.CtState.CLOSED
-                      else L.CtFlags.REPORTED_CLOSED)
+            reply_xlate |= _DADDR | (0 if icmp else _DPORT)
+        orig.xlate, reply.xlate = orig_xlate, reply_xlate
+        orig.flags = _COUNTED if flow.state != _CLOSED else _REPORTED_CLOSED
         return orig_key, reply_key, orig, reply
 
     @staticmethod
