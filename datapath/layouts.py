@@ -80,6 +80,7 @@ class CtFlags(enum.IntFlag):
 
     COUNTED = 0x1
     REPORTED_CLOSED = 0x2
+    SYNCED = 0x4
 
 
 class CtState(enum.IntEnum):

@@ -121,6 +121,10 @@ class DpHarness:
             self.dp.maps["lb_conntrack"].delete(key)
         for key, _ in list(self.dp.maps["lb_persist"].items()):
             self.dp.maps["lb_persist"].delete(key)
+        # HA: every instance back to NOT_DEFINED, rules back in the default one
+        for slot in range(L.LB_MAX_INSTANCES):
+            self.dp.maps["lb_instances"].update(slot, L.LbInstance())
+        self.dp.instance_slot = lambda rule_name: 0
         self.events()
 
     def rule_id(self) -> int:

@@ -79,6 +79,13 @@ class LbNode:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is cleaned up (the datapath stays attached)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 

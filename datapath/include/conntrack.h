@@ -131,6 +131,8 @@ static __always_inline void lb_ct_maybe_refresh(const struct lb_ct_key *key,
 		return;
 	ct->reported_ns = now; /* two CPUs may both report: the peers take both */
 	peer = bpf_map_lookup_elem(&lb_conntrack, &ct->peer);
+	if (peer)
+		peer->reported_ns = now; /* paced per flow, whichever side carries traffic */
 	if (ct->dir == LB_CT_DIR_ORIGINAL)
 		lb_ct_emit(LB_EV_REFRESH, LB_REASON_NONE, key, ct, peer, now);
 	else if (peer)
@@ -187,6 +189,8 @@ static __always_inline void lb_ct_update(const struct lb_ct_key *key, struct lb_
 	const struct lb_ct_key *orig_key;
 
 	ct->last_seen_ns = now;
+	if (ct->flags & LB_CT_F_SYNCED) /* a peer's copy carries traffic here: ours now */
+		__sync_fetch_and_and(&ct->flags, ~LB_CT_F_SYNCED);
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, pkt->len);
 	/* What the receiver expects next from this side: a reset the agent

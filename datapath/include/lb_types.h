@@ -67,10 +67,14 @@ enum LB_PACKED lb_xlate {
 	LB_XLATE_DPORT = 0x8,
 };
 
-/* lb_ct_entry.flags (original-direction entry; bits, changed atomically) */
+/* lb_ct_entry.flags (bits, changed atomically; COUNTED and REPORTED_CLOSED on the
+ * original-direction entry, SYNCED on both) */
 enum lb_ct_flags {
 	LB_CT_F_COUNTED = 0x1,         /* counted in lb_ep_load of its endpoint */
 	LB_CT_F_REPORTED_CLOSED = 0x2, /* a CLOSED event went out already */
+	LB_CT_F_SYNCED = 0x4,          /* a copy from a peer (both entries), which carries the
+					* flow; the first packet here clears it: the flow is
+					* this node's from then on */
 };
 
 /* lb_ct_entry.state (their words are the API's, in loxicmd/names.py) */

@@ -208,7 +208,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     dp = Dataplane(pin_dir, ct_entries=ct_entries)
     stack.callback(dp.close)
     # HA states first: every rule programmed carries its instance's slot
-    ha = HaStates(state_dir, dp.maps["lb_instances"])
+    ha = HaStates(state_dir, dp.maps["lb_instances"], restore_master=sync_settings is None)
     dp.instance_slot = ha.slot_of_rule
     table = RuleTable(dp, store)
     ha.observers.append(announce_on_takeover(table, dp))
@@ -239,6 +239,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     resets = ResetSender()
     stack.callback(resets.close)
     handlers = [audit.handle, resets.reset_flow]
+    sync: ConntrackSync | None = None
     if sync_settings is not None:
         def mark_of(rule_id: int) -> int:
             record = table.book.by_id.get(rule_id)
@@ -255,7 +256,12 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     else:
         dp.set_refresh(0)
     # with peers, events are read sooner: their wait adds to the peers' lag
-    pump = EventPump(dp, handlers, on_lost=audit.note_lost, on_batch=audit.flush,
+    def on_lost(count: int) -> None:
+        audit.note_lost(count)
+        if sync is not None:
+            sync.resync(count)  # what the lost events said, the peers get in a new bulk
+
+    pump = EventPump(dp, handlers, on_lost=on_lost, on_batch=audit.flush,
                      poll_ms=SYNC_POLL_MS if sync_settings else POLL_MS).start()
     stack.callback(pump.stop)
     stack.callback(sweeper(dp).start().stop)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from ha_lab import (
 )
 from lab import Lab, wait_for
 from lbnode import LbNode
+
+from loxicmd.agent.dataplane.pins import unpin
 
 pytestmark = pytest.mark.e2e
 
@@ -134,13 +136,10 @@ class HaCluster:
         ns.sysctl("net.ipv4.ip_forward", 0)
 
     def kill(self, name: str) -> None:
-        """The node's agent and keepalived die at once (SIGKILL)."""
-        agent = self.agents[name]
-        assert agent.proc is not None
-        agent.proc.kill()
-        agent.proc.wait(timeout=10)
-        agent.proc = None
+        """The node's keepalived and agent die at once (SIGKILL; keepalived first, so
+        that no track-script run sees the agent gone and hands over gracefully)."""
         self.kas[name].kill()
+        self.agents[name].kill()
 
 
 @pytest.fixture
@@ -205,18 +204,29 @@ def test_failover_and_failback_break_no_flow(lab: Lab, ha_topo: HaTopology,
     cluster.wait_agent_state("lb2", "MASTER")
     for s in streams:
         s.wait_flowing(timeout=20)
+    udp_before = streams[0].progress()["udp"]["answered"]
+    failover = [s.progress()["max_pause_s"] for s in streams]
     assert cluster.rule_packets("lb2") > lb2_before + 1000, "the traffic is on lb2"
+    # flows that only lb2 ever carried: failback must hand them to lb1
+    streams.append(Streams(ha_topo.client, DNAT_VIP, ECHO, STREAMS_PER_SERVICE))
+    streams[-1].wait_ready()
+    streams[-1].wait_flowing()
+    assert streams[0].progress()["udp"]["answered"] > udp_before + 20, "UDP flows via lb2"
     assert "INSTANCE default is in MASTER state" in cluster.state_files["lb2"].read_text()
 
     # failback: lb1 comes back; while lb2's table cannot reach it (lb2's connection to it
     # is blocked), its keepalived is held in FAULT, and lb2 stays MASTER
     block = cluster.block_sync("lb2", "lb1")
     cluster.kas["lb1"].start()  # first: it takes away the VIPs the crash left
+    if how == "node":  # a machine that died boots with no pinned maps: no flow at all
+        cp = ha_topo.lbs["lb1"].run("loxilbd", "--cleanup", *cluster.agents["lb1"].pin_args,
+                                    check=False)
+        assert cp.returncode == 0, cp.stderr
+        cluster.links("lb1", "up")
     cluster.agents["lb1"].start()
     lb1_before = cluster.rule_packets("lb1")
-    if how == "node":
-        cluster.links("lb1", "up")
     cluster.kas["lb1"].wait_state("FAULT", timeout=10)
+    assert cluster.ha("lb1")["state"] != "MASTER", "restarted as MASTER before told"
     ready = cluster.topo.lbs["lb1"].run(
         "loxilbd-ready", "--url", f"http://127.0.0.1:{cluster.agents['lb1'].port}",
         check=False)
@@ -235,14 +245,20 @@ def test_failover_and_failback_break_no_flow(lab: Lab, ha_topo: HaTopology,
     summaries = [s.finish() for s in streams]
     pauses = [round(float(s["max_pause_s"]), 3) for s in summaries]
     udp = summaries[0]["udp"]
-    print(f"\n{how} die, advert_int {advert_int}: longest stream pause {max(pauses)} s "
-          f"(fullNAT {pauses[0]} s, DNAT {pauses[1]} s); UDP longest gap "
+    print(f"\n{how} die, advert_int {advert_int}: longest stream pause at failover "
+          f"{max(failover)} s, over the whole run {max(pauses)} s (fullNAT {pauses[0]} s, "
+          f"DNAT {pauses[1]} s, opened on lb2 {pauses[2]} s); UDP longest gap "
           f"{udp['max_gap_s']} s, {udp['lost']} of {udp['sent']} datagrams lost")
+    # the outage: none while a datapath still takes the frames; else VRRP's master-down
+    # interval (3 x advert_int + skew), doubled at most by TCP's back-off
+    down = 3 * advert_int + (256 - 100) / 256 * advert_int
+    bound = 1.0 if how != "blackhole" else 2 * (down + 0.5)
+    assert max(pauses) < bound and udp["max_gap_s"] < bound, (pauses, udp, bound)
     record_property("max_pause_s", max(pauses))
     record_property("udp_max_gap_s", udp["max_gap_s"])
     for summary in summaries:
-        assert summary["returncode"] == 0, summary
-        assert summary["connected"] == STREAMS_PER_SERVICE, summary
+        assert summary["returncode"] == 0, (summary.get("problems"), summary)
+        assert summary["connected"] == summary["closed"] == STREAMS_PER_SERVICE, summary
         for bad in ("resets", "mismatches", "timeouts", "eofs"):
             assert summary[bad] == 0, (bad, summary)
     assert udp["endpoint_changes"] == 0, udp
@@ -285,15 +301,16 @@ def test_a_cluster_needs_its_key_and_names_what_is_wrong(lab: Lab, ha_topo: HaTo
     key = lab.workdir / "open.key"
     key.write_text("x" * 32)
     key.chmod(0o644)
+    pins = f"/sys/fs/bpf/loxilb-never-{uuid.uuid4().hex[:8]}"
+    lab.register_cleanup(lambda: unpin(pins))
     for args, said in (
             (["--cluster", "198.18.1.3"], "--cluster needs --cluster-key"),
             (["--cluster", "198.18.1.3:99999", "--cluster-key", str(key)], "HOST:PORT"),
             (["--cluster", "198.18.1.3", "--cluster-key", str(key)], "chmod 600")):
-        cp = ns.run("loxilbd", "--state-dir", str(lab.workdir / "never"), "--bpffs-dir",
-                    "/sys/fs/bpf/loxilb-never", *args, check=False, timeout=30)
+        cp = ns.run("loxilbd", "--state-dir", str(lab.workdir / "never"), "--bpffs-dir", pins,
+                    *args, check=False, timeout=30)
         assert cp.returncode == 2 and said in cp.stderr, (args, cp.stderr)
-    assert not (lab.workdir / "never").exists()
-    subprocess.run(["rm", "-rf", "/sys/fs/bpf/loxilb-never"], check=False)
+    assert not (lab.workdir / "never").exists() and not os.path.exists(pins)
 
 
 def test_the_readme_s_keepalived_conf_is_valid_for_keepalived(ha_topo: HaTopology,

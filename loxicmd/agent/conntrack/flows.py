@@ -95,7 +95,8 @@ _E = {name: i for i, name in enumerate(ENTRY_FIELDS)}
 _ntohs = socket.ntohs
 STATE_WORDS = by_code(L.CtState, CT_STATE_WORDS)
 _R_SEQ, _R_SEEN = _E["seq_next"], _E["last_seen_ns"]
-_R_PACKETS, _R_BYTES = _E["packets"], _E["bytes"]
+_R_PACKETS, _R_BYTES, _R_FLAGS = _E["packets"], _E["bytes"], _E["flags"]
+_SYNCED = int(L.CtFlags.SYNCED)
 _ICMP = socket.IPPROTO_ICMP
 _SADDR, _DADDR = int(L.Xlate.SADDR), int(L.Xlate.DADDR)
 _SPORT, _DPORT = int(L.Xlate.SPORT), int(L.Xlate.DPORT)
@@ -135,6 +136,7 @@ class Flow:
     event: int = 0  # the event that reported it (0: read from the table)
     reason: int = 0
     mark: int = 0
+    copy: bool = False  # a peer's, which carried no packet here (both entries SYNCED)
 
     @classmethod
     def from_event(cls, buf: Buffer | L.LbEvent) -> Flow:
@@ -158,8 +160,10 @@ class Flow:
         (_, _, _, _, _, xsaddr, xdaddr, xsport, xdport, rule_id, ep_slot, timeout_s, seq,
          _, state, fin_seen, x, flags, nat_mode, created, last_seen, packets, nbytes, _) = o
         r_seq = r_seen = r_packets = r_bytes = 0
+        r_flags = _SYNCED
         if r is not None:
             r_seq, r_seen, r_packets, r_bytes = r[_R_SEQ], r[_R_SEEN], r[_R_PACKETS], r[_R_BYTES]
+            r_flags = r[_R_FLAGS]
         icmp = proto == _ICMP
         snat = bool(x & _SADDR)
         return cls(
@@ -168,7 +172,8 @@ class Flow:
             0 if icmp else _ntohs(xdport if x & _DPORT else dport),
             xsaddr if snat else saddr, _ntohs(xsport if x & _SPORT else sport), snat,
             nat_mode, state, fin_seen, seq, r_seq, timeout_s, created, max(last_seen, r_seen),
-            packets, nbytes, r_packets, r_bytes, rule_id, ep_slot, flags, event, reason)
+            packets, nbytes, r_packets, r_bytes, rule_id, ep_slot, flags, event, reason, 0,
+            bool(flags & r_flags & _SYNCED))
 
     # -- as text ----------------------------------------------------------------
     @property

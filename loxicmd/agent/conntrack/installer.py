@@ -39,6 +39,7 @@ _SADDR, _DADDR = int(L.Xlate.SADDR), int(L.Xlate.DADDR)
 _SPORT, _DPORT = int(L.Xlate.SPORT), int(L.Xlate.DPORT)
 _ORIGINAL, _REPLY = int(L.CtDir.ORIGINAL), int(L.CtDir.REPLY)
 _COUNTED, _REPORTED_CLOSED = int(L.CtFlags.COUNTED), int(L.CtFlags.REPORTED_CLOSED)
+_SYNCED = int(L.CtFlags.SYNCED)
 _CLOSED = int(L.CtState.CLOSED)
 
 
@@ -75,9 +76,10 @@ class FlowInstaller:
         """The local service and endpoint slot of a flow (FlowNotPlaceable otherwise)."""
         key = (flow.vip, flow.vip_port, flow.proto, flow.mark, flow.endpoint,
                flow.endpoint_port)
-        placed = self._placed.get(key)
+        cache = self._placed  # the one a lookup began with: a rule change replaces it
+        placed = cache.get(key)
         if placed is None:
-            placed = self._placed[key] = self._lookup(flow)
+            placed = cache[key] = self._lookup(flow)
         return placed
 
     def _lookup(self, flow: Flow) -> tuple[L.LbSvc, int]:
@@ -103,6 +105,22 @@ class FlowInstaller:
                                f"the rule of {flow.vip_ip}:{flow.vip_port}/{flow.protocol} "
                                "on this node")
 
+    def mark_all_as_copies(self) -> int:
+        """Mark every entry of the table SYNCED (as if a peer had sent it): what a node
+        finds in its pinned table when it starts again in a cluster may be stale, and
+        the peer that carried the flows meanwhile knows better. A flow that carries a
+        packet here is this node's again (the datapath clears the mark). Returns how
+        many entries were marked. (The flags are rewritten from here: a concurrent
+        change by the datapath may be lost, which only skews one endpoint's load.)"""
+        entries = [(k, v) for k, v in self.conntrack.items() if not v.flags & _SYNCED]
+        for i in range(0, len(entries), 4096):
+            chunk = entries[i:i + 4096]
+            for _, v in chunk:
+                v.flags |= _SYNCED
+            self.conntrack.update_batch((L.LbCtKey * len(chunk))(*(k for k, _ in chunk)),
+                                        (L.LbCtEntry * len(chunk))(*(v for _, v in chunk)))
+        return len(entries)
+
     @staticmethod
     def original_key(flow: Flow) -> L.LbCtKey:
         icmp = flow.proto == socket.IPPROTO_ICMP
@@ -123,21 +141,24 @@ class FlowInstaller:
         self.conntrack.delete(orig_key)
         return True
 
-    def install(self, flow: Flow, now_ns: int | None = None, grace_s: int = 0) -> Placement:
+    def install(self, flow: Flow, now_ns: int | None = None, grace_s: int = 0,
+                as_copy: bool = False) -> Placement:
         """Write both entries of the flow (the reply one first, so that the endpoint's
         answer finds its way back as soon as the original one exists). `grace_s` is
         added to the rule's idle timeout: a copy from another node, which sees none of
         the flow's packets, must outlive the last report it got by that much."""
-        (placed,) = self.install_many([flow], now_ns, grace_s)
+        (placed,) = self.install_many([flow], now_ns, grace_s, as_copy)
         if isinstance(placed, FlowNotPlaceable):
             raise placed
         return placed
 
-    def install_many(self, flows: list[Flow], now_ns: int | None = None, grace_s: int = 0
-                     ) -> list[Placement | FlowNotPlaceable]:
+    def install_many(self, flows: list[Flow], now_ns: int | None = None, grace_s: int = 0,
+                     as_copies: bool = False) -> list[Placement | FlowNotPlaceable]:
         """Install flows in order (a later one of the same tuple wins), all entries in one
-        batch; each flow's placement, or why it has none here."""
+        batch; each flow's placement, or why it has none here. `as_copies`: a peer's
+        flows (SYNCED): this node neither reports nor resets them until it carries one."""
         now = time.monotonic_ns() if now_ns is None else now_ns  # the datapath's clock
+        copy = _SYNCED if as_copies else 0
         results: list[Placement | FlowNotPlaceable] = []
         keys: list[L.LbCtKey] = []
         values: list[L.LbCtEntry] = []
@@ -149,7 +170,8 @@ class FlowInstaller:
             except FlowNotPlaceable as exc:
                 results.append(exc)
                 continue
-            orig_key, reply_key, orig, reply = self._entries(flow, svc, slot, now, grace_s)
+            orig_key, reply_key, orig, reply = self._entries(flow, svc, slot, now, grace_s,
+                                                             copy)
             # The endpoint's load (least-connections) counts open flows once: what an
             # entry already here counted is given back first. The datapath changes loads
             # with atomic adds; this read-modify-write can lose one of them in a race,
@@ -174,8 +196,8 @@ class FlowInstaller:
                 self._add_load(slot, delta)
         return results
 
-    def _entries(self, flow: Flow, svc: L.LbSvc, slot: int, now: int, grace_s: int
-                 ) -> tuple[L.LbCtKey, L.LbCtKey, L.LbCtEntry, L.LbCtEntry]:
+    def _entries(self, flow: Flow, svc: L.LbSvc, slot: int, now: int, grace_s: int,
+                 copy: int) -> tuple[L.LbCtKey, L.LbCtKey, L.LbCtEntry, L.LbCtEntry]:
         """The flow's keys and entries on this node: original, then reply."""
         icmp = flow.proto == socket.IPPROTO_ICMP
         orig_key = self.original_key(flow)
@@ -198,7 +220,8 @@ class FlowInstaller:
             reply.xlate_daddr, reply.xlate_dport = _addr(flow.client), _port(flow.client_port)
             reply_xlate |= _DADDR | (0 if icmp else _DPORT)
         orig.xlate, reply.xlate = orig_xlate, reply_xlate
-        orig.flags = _COUNTED if flow.state != _CLOSED else _REPORTED_CLOSED
+        orig.flags = (_COUNTED if flow.state != _CLOSED else _REPORTED_CLOSED) | copy
+        reply.flags = copy
         return orig_key, reply_key, orig, reply
 
     @staticmethod

@@ -67,8 +67,8 @@ def flow_resets(ev: Buffer | LbEvent) -> list[tuple[str, bytes]]:
     if view[EVENT_TYPE_OFFSET] != _EXPIRED or view[EVENT_PROTO_OFFSET] != socket.IPPROTO_TCP:
         return []  # decided on two bytes: most events are not this
     flow = Flow.from_event(ev)
-    if flow.state == CtState.CLOSED:
-        return []
+    if flow.state == CtState.CLOSED or flow.copy:
+        return []  # closed already, or a peer's copy: the node carrying it decides
     client, cport = flow.client, _port(flow.client_port)
     vip, vport = flow.vip, _port(flow.vip_port)
     ep, eport = flow.endpoint, _port(flow.endpoint_port)

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from datapath.layouts import CtState, EventType, LbEvent, NatMode, Reason, Xlate
+from datapath.layouts import CtFlags, CtState, EventType, LbEvent, NatMode, Reason, Xlate
 from loxicmd.names import (
     CT_STATE_WORDS,
     NAT_MODE_NAMES,
@@ -95,9 +95,11 @@ EventBuffer = LbEvent | bytes | bytearray | memoryview
 _read = event_reader([
     "type", "reason", "rule_id", "ts_ns", "key.saddr", "key.daddr", "key.sport", "key.dport",
     "key.proto", "orig.xlate_saddr", "orig.xlate_daddr", "orig.xlate_sport",
-    "orig.xlate_dport", "orig.state", "orig.xlate", "orig.nat_mode", "orig.created_ns",
-    "orig.last_seen_ns", "orig.packets", "orig.bytes", "reply.packets", "reply.bytes",
+    "orig.xlate_dport", "orig.state", "orig.xlate", "orig.flags", "orig.nat_mode",
+    "orig.created_ns", "orig.last_seen_ns", "orig.packets", "orig.bytes", "reply.flags",
+    "reply.packets", "reply.bytes",
 ])
+_SYNCED = int(CtFlags.SYNCED)
 _ntoa = socket.inet_ntoa
 
 
@@ -281,8 +283,8 @@ class AuditLog:
     def handle(self, ev: EventBuffer) -> None:
         """Account one conntrack event (an LbEvent, or its raw bytes from the ring buffer)."""
         (etype, reason, rule_id, ts_ns, csaddr, vaddr, cport, vport, proto, nsaddr, eaddr,
-         nport, eport, state, xlate, nat_mode, created, last_seen, opk, oby, rpk,
-         rby) = _read(ev)
+         nport, eport, state, xlate, oflags, nat_mode, created, last_seen, opk, oby, rflags,
+         rpk, rby) = _read(ev)
         key = (csaddr, vaddr, cport, vport, proto)
         flows = self._flows
         if etype == EV_NEW:
@@ -293,6 +295,8 @@ class AuditLog:
             flows[key] = (segment, state in ESTABLISHED_STATES)
             event, tail = "open", "}\n"
         elif etype == EV_CLOSED or etype == EV_EXPIRED:
+            if oflags & rflags & _SYNCED:
+                return  # a peer's copy that ended unused: the connection was not here
             flow = flows.pop(key, None) or self._flows_old.pop(key, None)
             if flow is None:  # opened before we started, or forgotten
                 segment = self._service(rule_id, proto, vaddr, vport, eaddr, eport, nat_mode)

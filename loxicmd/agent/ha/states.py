@@ -10,6 +10,7 @@ state. Slots are kept with the states, so that a restart finds the rules' slots 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from loxicmd.api.wire import check
 
 from ..errors import ApiError, InvalidInput
 from ..store.journal import StateStore
+
+log = logging.getLogger("loxilbd.ha")
 
 DEFAULT_INSTANCE = "default"
 # LoxiLB's own name of its default instance, which kube-loxilb's rule names carry
@@ -56,7 +59,8 @@ class HaStates:
     rules) with each instance's datapath slot; the default instance starts NOT_DEFINED as
     in LoxiLB. With a map (``lb_instances``), every state is written there as it is set."""
 
-    def __init__(self, state_dir: str | Path, instances_map: Any | None = None) -> None:
+    def __init__(self, state_dir: str | Path, instances_map: Any | None = None,
+                 restore_master: bool = True) -> None:
         # the journal keeps the API's name (cistate) so that state directories carry over
         self.store = StateStore(state_dir, "cistate", lock=False)
         self.map = instances_map
@@ -74,6 +78,16 @@ class HaStates:
             raise ValueError(f"{self.store.path}: {exc}; fix or move it away") from None
         self._states.setdefault(DEFAULT_INSTANCE, {"instance": DEFAULT_INSTANCE,
                                                    "state": "NOT_DEFINED", "vip": ""})
+        if not restore_master:
+            # In a cluster, a node that starts again may have been MASTER when it went
+            # down while a peer carries its flows now: it opens none until keepalived
+            # says MASTER again (its track script, failing while the agent was away,
+            # makes keepalived go through FAULT and BACKUP and say so).
+            for entry in self._states.values():
+                if entry["state"] == "MASTER":
+                    entry["state"] = "BACKUP"
+                    log.info("HA instance %s was MASTER: BACKUP until told again",
+                             entry["instance"])
         for name in self._states:
             self._write(name)
 

@@ -55,8 +55,6 @@ SEND_TIMEOUT_S = 10.0
 LAG_SAMPLES = 20_000
 LAG_WINDOW_S = 10  # the lag percentile is over the batches acknowledged this recently
 
-_SYNCED_EVENTS = {int(L.EventType.NEW), int(L.EventType.EST), int(L.EventType.CLOSED),
-                  int(L.EventType.REFRESH), int(L.EventType.EXPIRED)}
 _EXPIRED = int(L.EventType.EXPIRED)
 _EVENT_TS, _EVENT_TS_OFFSET = struct.Struct("=Q"), L.LbEvent.ts_ns.offset
 
@@ -198,23 +196,31 @@ class Outbound:
                 self.identity = F.client_handshake(ch, self.sync.key, self.sync.identity)
                 _tune(sock)
                 self._serve(ch)
-            except (OSError, F.SyncError) as exc:
+            except F.SyncError as exc:
+                # it answers but is not a peer we can trust (another key, another
+                # version): not down, so this node keeps waiting for its table
+                log.warning("sync to %s: %s", self.name, exc)
+                self._down(str(exc), refused=True)
+            except OSError as exc:
                 if not self.sync.stopping:
                     log.warning("sync to %s: %s", self.name, exc)
                 self._down(str(exc))
             finally:
+                # shutdown first: a close alone wakes neither our ack reader nor the peer
                 with contextlib.suppress(OSError):
-                    sock.close()
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
                 self._sock = None
 
     def is_down(self) -> bool:
         return (self.state == "down" and self.down_since is not None
                 and time.monotonic() - self.down_since >= PEER_DOWN_S)
 
-    def _down(self, error: str) -> None:
-        if self.state != "down":
-            self.down_since = time.monotonic()
+    def _down(self, error: str, refused: bool = False) -> None:
+        if self.state != "down" or refused:
+            self.down_since = None if refused else time.monotonic()
         self.state, self.error = "down", error
+        self.sync.ready()  # a peer down long enough may be what the node waited for
         self._unacked.clear()
         self._kick.wait(RETRY_S)
         self._kick.clear()
@@ -228,6 +234,20 @@ class Outbound:
         acks = threading.Thread(target=self._read_acks, args=(ch,), daemon=True,
                                 name=f"sync-acks-{self.host}")
         acks.start()
+        try:
+            self._send(ch, acks)
+        finally:
+            with contextlib.suppress(OSError):
+                ch.sock.shutdown(socket.SHUT_RDWR)
+            acks.join(timeout=5)  # before the next connection's acks start counting
+
+    def resync(self) -> None:
+        """Send the whole table again (events were lost on the way to the queue)."""
+        with self._cond:
+            self._overflow = True
+            self._cond.notify()
+
+    def _send(self, ch: F.Channel, acks: threading.Thread) -> None:
         self._bulk(ch)
         while not self.sync.stopping and acks.is_alive():
             with self._cond:
@@ -242,7 +262,7 @@ class Outbound:
                     batch = [self._queue.popleft()
                              for _ in range(min(len(self._queue), BATCH_RECORDS))]
             if overflow:
-                log.warning("sync to %s: more than %d events queued; sending the whole "
+                log.warning("sync to %s: events queued beyond %d or lost; sending the whole "
                             "table again", self.name, QUEUE_LIMIT)
                 self._bulk(ch)
             elif batch:
@@ -319,6 +339,7 @@ class ConntrackSync:
         self._synced = False
         self.outbound = [Outbound(self, host, port) for host, port in peers]
         self.inbound: dict[int, Inbound] = {}  # by connection id
+        self._inbound_socks: dict[int, socket.socket] = {}
         self._conn_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self.sent_by_instance: collections.Counter[str] = collections.Counter()
@@ -328,6 +349,10 @@ class ConntrackSync:
 
     # -- life -------------------------------------------------------------------------
     def start(self) -> ConntrackSync:
+        marked = self.installer.mark_all_as_copies()
+        if marked:
+            log.info("conntrack: %d entries from before this start taken as copies (the "
+                     "peers' tables win; a flow carrying traffic here is ours again)", marked)
         self.dp.set_refresh(REFRESH_S)
         accept = threading.Thread(target=self._accept, name="sync-accept", daemon=True)
         accept.start()
@@ -345,16 +370,27 @@ class ConntrackSync:
         self._server.close()
         for out in self.outbound:
             out.close()
+        with self._lock:
+            socks = list(self._inbound_socks.values())
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.dp.set_refresh(0)
+
+    def resync(self, lost: int = 0) -> None:
+        """Events were lost (the ring buffer was full): every peer gets the table again."""
+        for out in self.outbound:
+            out.resync()
 
     # -- sending ----------------------------------------------------------------------
     def handle(self, data: bytes) -> None:
         """An event from the pump: queued for every connected peer."""
-        etype = data[EVENT_TYPE_OFFSET]
-        if etype not in _SYNCED_EVENTS or not any(o.state == "connected"
-                                                  for o in self.outbound):
+        if not any(o.state == "connected" for o in self.outbound):
             return
+        etype = data[EVENT_TYPE_OFFSET]
         flow = Flow.from_event(data)
+        if flow.copy:
+            return  # a peer's flow that carried nothing here: its owner reports it
         flow.mark = self.mark_of(flow.rule_id)
         now = time.monotonic_ns()
         rec = F.encode_flow(flow, F.Op.DELETE if etype == _EXPIRED else F.Op.UPSERT, now)
@@ -364,7 +400,7 @@ class ConntrackSync:
             out.offer(ts, rec)
 
     def table_records(self) -> list[bytes]:
-        """Every flow of this node's table, as UPSERT records (a bulk)."""
+        """Every flow this node carries (not the peers' copies), as UPSERT records (a bulk)."""
         ct = self.dp.maps["lb_conntrack"]
         originals, replies = [], {}
         for key, entry in ct.items():
@@ -376,6 +412,8 @@ class ConntrackSync:
         out = []
         for key, entry in originals:
             flow = Flow.from_entries(key, entry, replies.get(bytes(entry.peer)))
+            if flow.copy:
+                continue  # the peer's own flow: sending it back would undo newer state
             flow.mark = self.mark_of(flow.rule_id)
             out.append(F.encode_flow(flow, F.Op.UPSERT, now))
         return out
@@ -396,6 +434,8 @@ class ConntrackSync:
     def _receive(self, sock: socket.socket, address: str) -> None:
         conn_id = next(self._conn_ids)
         peer: Inbound | None = None
+        with self._lock:
+            self._inbound_socks[conn_id] = sock
         try:
             sock.settimeout(CONNECT_TIMEOUT_S * 5)  # for the handshake
             ch = F.Channel(sock)
@@ -418,6 +458,7 @@ class ConntrackSync:
                     peer.bulk = "done"
                     log.info("sync from %s: received its table (%d flows)", address,
                              peer.bulk_flows)
+                    self.ready()
                 else:
                     raise F.SyncError(f"a {ftype.name} frame from the sending side")
                 ch.send(F.FrameType.ACK, F.ACK.pack(seq, peer.installed))
@@ -427,6 +468,7 @@ class ConntrackSync:
         finally:
             with self._lock:
                 self.inbound.pop(conn_id, None)
+                self._inbound_socks.pop(conn_id, None)
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -449,7 +491,8 @@ class ConntrackSync:
         self._upsert(peer, upserts, now)
 
     def _upsert(self, peer: Inbound, flows: list[Flow], now: int) -> None:
-        for placed in self.installer.install_many(flows, now, grace_s=GRACE_S):
+        for placed in self.installer.install_many(flows, now, grace_s=GRACE_S,
+                                                  as_copies=True):
             if isinstance(placed, FlowNotPlaceable):
                 peer.unplaceable += 1
                 if peer.unplaceable <= 3 or peer.unplaceable % 1000 == 0:

@@ -39,6 +39,7 @@ MAC_LEN = 16
 NONCE_LEN = 16
 MAX_PAYLOAD = 4 * 1024 * 1024
 MAX_NAME = 255
+MAX_HANDSHAKE = 1024  # before the peer is authenticated, frames stay small
 
 
 class FrameType(enum.IntEnum):
@@ -153,8 +154,9 @@ class Channel:
         if version != VERSION:
             raise SyncError(f"the peer speaks sync version {version}; this node speaks "
                             f"{VERSION}")
-        if length > MAX_PAYLOAD:
-            raise SyncError(f"a frame of {length} bytes (at most {MAX_PAYLOAD})")
+        limit = MAX_PAYLOAD if self.session_key else MAX_HANDSHAKE
+        if length > limit:
+            raise SyncError(f"a frame of {length} bytes (at most {limit})")
         payload = self._read(length)
         if self.session_key:
             mac = self._read(MAC_LEN)

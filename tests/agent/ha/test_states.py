@@ -45,6 +45,8 @@ def test_only_the_master_of_an_instance_opens_its_flows(h: DpHarness, tmp_path: 
         assert h.run(tcp(sport=40001, flags="S"))[0] == 0, "NOT_DEFINED: as without HA"
         for state in ("BACKUP", "FAULT", "STOP"):
             ha.set({"instance": "blue", "state": state})
+            assert h.dp.maps["lb_instances"].lookup(ha.slot_of("blue")).state == \
+                L.HaState[state]
             before = h.drops("ha-standby")
             verdict, _ = h.run(tcp(sport=40100, flags="S"))
             assert verdict == TC_ACT_SHOT, state
@@ -58,12 +60,33 @@ def test_only_the_master_of_an_instance_opens_its_flows(h: DpHarness, tmp_path: 
         ha.set({"instance": "llb-inst0", "state": "BACKUP"})  # LoxiLB's name of default
         assert ha.state_of("default") == "BACKUP"
         assert h.run(tcp(sport=40400, dport=3030, flags="S"))[0] == TC_ACT_SHOT
+        ha.set({"instance": "default", "state": "NOT_DEFINED"})
         verdict, out = h.run(tcp(sport=40100, flags="S"))
         assert verdict == 0 and out[IP].dst in EPS
         ha.delete("blue")  # forgotten: as without HA
         assert h.run(tcp(sport=40300, flags="S"))[0] == 0
     finally:
         ha.store.close()
+
+
+def test_in_a_cluster_a_restored_master_waits_to_be_told_again(h: DpHarness,
+                                                               tmp_path: Path) -> None:
+    """A node that went down as MASTER opens no flow on restart until keepalived says
+    MASTER again (its peer may carry the instance now); without a cluster it goes on."""
+    ha = _states(h, tmp_path)
+    h.apply(lb_body())
+    ha.set({"instance": "default", "state": "MASTER"})
+    ha.store.close()
+    for restore_master, verdict, state in ((False, TC_ACT_SHOT, "BACKUP"), (True, 0, "MASTER")):
+        again = HaStates(tmp_path / "ha", h.dp.maps["lb_instances"], restore_master)
+        try:
+            assert again.state_of("default") == state
+            assert h.run(tcp(sport=40600 + verdict, flags="S"))[0] == verdict
+            if not restore_master:
+                again.set({"instance": "default", "state": "MASTER"})
+                assert h.run(tcp(sport=40610, flags="S"))[0] == 0
+        finally:
+            again.store.close()
 
 
 def test_instance_slots_and_states_survive_a_restart(h: DpHarness, tmp_path: Path) -> None:

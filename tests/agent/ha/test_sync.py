@@ -19,7 +19,7 @@ from scapy.layers.inet import IP, TCP
 from datapath import layouts as L
 from loxicmd.agent.conntrack.flows import Flow
 from loxicmd.agent.ha import sync_format as F
-from loxicmd.agent.ha.sync import GRACE_S, ConntrackSync, parse_peer, read_key
+from loxicmd.agent.ha.sync import GRACE_S, PEER_DOWN_S, ConntrackSync, parse_peer, read_key
 
 KEY = b"k" * 32
 
@@ -92,6 +92,33 @@ def test_a_peer_with_another_key_is_refused_both_ways() -> None:
     assert isinstance(server, OSError | F.SyncError)
 
 
+def test_a_client_without_the_key_is_refused_by_the_server() -> None:
+    """The server's own check: a client that cannot prove the key gets no further."""
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    got: list[BaseException | str] = []
+
+    def serve() -> None:
+        try:
+            got.append(F.server_handshake(F.Channel(a), KEY, "lb2"))
+        except (F.SyncError, OSError) as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    client = F.Channel(b)
+    nonce = b"n" * F.NONCE_LEN
+    client.send(F.FrameType.HELLO, nonce + b"intruder")
+    server_nonce = client.expect(F.FrameType.CHALLENGE)[:F.NONCE_LEN]
+    client.send(F.FrameType.PROOF, F.proof(b"x" * 32, b"client", server_nonce, nonce))
+    t.join(5)
+    (result,) = got
+    assert isinstance(result, F.SyncError) and "does not hold the cluster key" in str(result)
+    a.close()
+    b.close()
+
+
 def _channels() -> tuple[F.Channel, F.Channel, socket.socket]:
     a, b = socket.socketpair()
     a.settimeout(5)
@@ -148,7 +175,8 @@ def test_peers_and_key_files_are_checked(tmp_path: Path) -> None:
 
 @pytest.fixture
 def peer(tmp_path_factory: pytest.TempPathFactory, h: DpHarness) -> Iterator[DpHarness]:
-    """A second node (its own maps, in the same namespace as `h`'s thread is now)."""
+    """A second node (its own maps; its namespace is where the thread is now, so both
+    nodes' sockets are on that namespace's loopback)."""
     other = DpHarness(Path(tmp_path_factory.mktemp("peer")), ct_entries=65536)
     try:
         yield other
@@ -204,6 +232,8 @@ def test_a_flow_opened_on_one_node_goes_on_through_the_other(
     # the peer keeps it longer than the rule says (it sees none of its packets)
     entries = [e for _, e in peer.dp.maps["lb_conntrack"].items()]
     assert {e.timeout_s for e in entries} == {240 + GRACE_S}
+    # a copy: the peer neither sends it back in a bulk nor reports its end
+    assert two.table_records() == []
 
     # the next packets of the flow, on the other node: same endpoint, same NAT port
     peer.events()
@@ -216,6 +246,7 @@ def test_a_flow_opened_on_one_node_goes_on_through_the_other(
     assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == \
         (VIP, 2020, CLIENT, 41000)
     assert not [e for e in peer.events() if e.type == L.EventType.NEW]
+    assert len(two.table_records()) == 1  # it carried packets here: the peer's own now
 
     # the flow's end on the first node removes it on the peer
     h.table.delete(list(h.table.records), "")
@@ -233,17 +264,31 @@ def test_a_table_made_before_the_connection_arrives_whole_and_gates_readiness(
     one, two = pair
     h.apply(lb_body(proto="udp"))
     peer.apply(lb_body(proto="udp"))
-    for sport in range(42000, 42050):
+    # lb2 has a flow in its (pinned) table from before it starts in the cluster
+    assert peer.run(udp(sport=43000))[0] == 0
+    peer.events()
+    one.start()  # lb1 first: lb2 is not there yet, so lb1 has nobody to wait for...
+    time.sleep(PEER_DOWN_S / 3)
+    assert not one.ready()  # ...once lb2 has refused its connections long enough
+    wait_for(one.ready, timeout=10, what="lb1 ready alone")
+    assert one.status()["peers"][0]["state"] == "down"
+    for sport in range(42000, 42050):  # lb1 alone carries 50 flows
         assert h.run(udp(sport=sport))[0] == 0
-    h.events()
-    two.start()  # lb2 first: lb1 is not there yet, so lb2 has nobody to wait for
-    wait_for(two.ready, timeout=10, what="lb2 ready alone")
-    assert two.status()["peers"][0]["state"] == "down"
-    one.start()
-    wait_for(lambda: _entries(peer) == 100, timeout=10, what="the bulk on lb2")
+    _pump(h, one)
+    two.start()
+    wait_for(lambda: _entries(peer) == 102, timeout=10, what="lb1's table on lb2")
     wait_for(lambda: one.ready() and two.ready(), timeout=10, what="both synced")
     assert two.status()["peers"][0]["bulk"] == "done"
     assert two.status()["peers"][0]["installed"] == 50
+    assert len(one.table_records()) == 50
+    # on lb2 everything is a copy, its own old flow too: the peers' tables win
+    assert two.table_records() == []
+    peer.dp.sweep(L.SweepMode.RULE, peer.rule_id())  # copies that end tell nobody
+    ended = peer.events()
+    assert len(ended) == 51 and all(Flow.from_event(e).copy for e in ended)
+    one.stop()  # a peer leaving takes no flow away: still ready
+    wait_for(lambda: two.status()["peers"][0]["state"] == "down", timeout=5, what="lb1 gone")
+    assert two.ready() and two.status()["ready"]
 
 
 def test_a_node_is_not_ready_while_a_live_peer_has_not_sent_its_table(
