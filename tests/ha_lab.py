@@ -66,6 +66,7 @@ from lab import (
     LabError,
     Netns,
     check_lab_addr,
+    end_by_stdin,
     process_group_members,
     start_backend,
     wait_for,
@@ -573,13 +574,7 @@ class Streams:
 
     def finish(self, timeout: float = 40) -> dict[str, Any]:
         """Close stdin (the clean end) and return the summary event."""
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
+        end_by_stdin(self.proc, self._reader, timeout)
         summary = self._last("summary")
         if summary is None:
             raise AssertionError(f"client.py streams ended ({self.proc.returncode}) without "

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -200,6 +201,19 @@ def process_group_members(pgid: int) -> list[int]:
             if st is not None and st[1] == pgid and st[0] not in ("Z", "X"):
                 members.append(int(entry))
     return members
+
+
+def end_by_stdin(proc: subprocess.Popen[Any], reader: threading.Thread,
+                 timeout: float) -> None:
+    """End a lab client that stops when its stdin closes (client.py session/streams),
+    and wait for it and for the thread reading its output."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    proc.wait(timeout=timeout)
+    reader.join(timeout=timeout)
 
 
 def wait_for(

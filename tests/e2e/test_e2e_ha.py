@@ -129,11 +129,18 @@ class HaCluster:
         for ifname in ("eth0", "eth1"):
             self.topo.lbs[name].ip("link", "set", ifname, updown)
 
-    def blackhole(self, name: str) -> None:
-        ns = self.topo.lbs[name]
+    def blackhole(self, name: str) -> Callable[[], None]:
+        """The node takes every frame and does nothing with it: its datapath detached and
+        everything dropped at ingress (its kernel, which still holds the VIPs, would
+        otherwise answer the endpoints' replies to the fullNAT address with resets).
+        Returns the undo (the datapath comes back with the next agent)."""
+        ns, table = self.topo.lbs[name], f"wedged{os.getpid()}"
         for ifname in ("eth0", "eth1"):
             ns.run("tc", "filter", "del", "dev", ifname, "ingress", check=True)
-        ns.sysctl("net.ipv4.ip_forward", 0)
+        ns.run("nft", "-f", "-", check=True, input="".join(
+            f"table netdev {table} {{\n chain in_{i} {{\n type filter hook ingress device "
+            f"{i} priority 0;\n drop\n }}\n}}\n" for i in ("eth0", "eth1")))
+        return lambda: ns.run("nft", "delete", "table", "netdev", table, check=True)
 
     def kill(self, name: str) -> None:
         """The node's keepalived and agent die at once (SIGKILL; keepalived first, so
@@ -169,7 +176,7 @@ def test_failover_and_failback_break_no_flow(lab: Lab, ha_topo: HaTopology,
     - `node`: its links go down too (the machine dies): the switches flood frames for
       its MAC to every port, and lb2's datapath carries the synced flows among them at
       once, before VRRP even makes it MASTER;
-    - `blackhole`: its datapath is detached and forwarding off, links up (a wedged
+    - `blackhole`: its datapath is detached and every frame dropped, links up (a wedged
       node): everything sent to it is lost until VRRP moves the VIPs, so the pause is
       VRRP's master-down interval (3 x advert_int + skew) stretched by TCP's
       retransmission back-off."""
@@ -199,7 +206,7 @@ def test_failover_and_failback_break_no_flow(lab: Lab, ha_topo: HaTopology,
     if how == "node":
         cluster.links("lb1", "down")
     elif how == "blackhole":
-        cluster.blackhole("lb1")
+        unwedge = cluster.blackhole("lb1")
     cluster.kas["lb2"].wait_state("MASTER", timeout=15)
     cluster.wait_agent_state("lb2", "MASTER")
     for s in streams:
@@ -223,6 +230,8 @@ def test_failover_and_failback_break_no_flow(lab: Lab, ha_topo: HaTopology,
                                     check=False)
         assert cp.returncode == 0, cp.stderr
         cluster.links("lb1", "up")
+    elif how == "blackhole":
+        unwedge()
     cluster.agents["lb1"].start()
     lb1_before = cluster.rule_packets("lb1")
     cluster.kas["lb1"].wait_state("FAULT", timeout=10)

@@ -18,7 +18,16 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from lab import CommandError, Lab, Netns, Topology, http_get, tcplb_topology, wait_for
+from lab import (
+    CommandError,
+    Lab,
+    Netns,
+    Topology,
+    end_by_stdin,
+    http_get,
+    tcplb_topology,
+    wait_for,
+)
 from lbnode import LbNode
 from testpaths import CLIENT_SCRIPT as CLIENT
 
@@ -187,13 +196,7 @@ class EchoSession:
 
     def close(self, timeout: float = 5) -> dict[str, Any]:
         """End it from the client side; the final event (``closed`` when all went well)."""
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=timeout)
+        end_by_stdin(self.proc, self._reader, timeout)
         return self.last
 
 
