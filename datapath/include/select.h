@@ -129,9 +129,15 @@ static __always_inline __u32 lb_select_lc(__u32 rule_id, const struct lb_rule_sl
 		if (!lb_endpoint_usable(slot, rule_id))
 			continue;
 		load = bpf_map_lookup_elem(&lb_ep_load, &slot);
-		if (load && load->active < best_load) {
-			best_load = load->active;
-			best = slot;
+		if (load) {
+			/* a release racing the agent's own count (conntrack sync) may take
+			 * a load below zero: that wraps, and counts as none */
+			__u64 active = (__s64)load->active < 0 ? 0 : load->active;
+
+			if (active < best_load) {
+				best_load = active;
+				best = slot;
+			}
 		}
 	}
 	return best;

@@ -127,6 +127,15 @@ def test_lc_sends_new_flows_to_the_least_loaded_endpoint(h: DpHarness) -> None:
     assert EPS[0] not in new and collections.Counter(new) == {EPS[1]: 2, EPS[2]: 2}
 
 
+def test_lc_counts_a_load_taken_below_zero_as_none(h: DpHarness) -> None:
+    """A release racing the agent's own count wraps the u64: that endpoint is idle, not
+    the busiest there is."""
+    h.apply(lb_body(sel=4))
+    for ip, active in ((EPS[0], 2**64 - 1), (EPS[1], 1), (EPS[2], 1)):
+        h.dp.maps["lb_ep_load"].update(h.slot_of(ip), L.LbEpLoad(active=active))
+    assert h.dst_of(tcp(sport=35000)) == EPS[0]
+
+
 def test_selection_state_is_per_rule(h: DpHarness) -> None:
     h.apply(lb_body(port=2020))
     h.apply(lb_body(port=2021))

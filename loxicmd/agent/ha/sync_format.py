@@ -163,8 +163,9 @@ class Channel:
             want = hmac.new(self.session_key, head + payload, hashlib.sha256).digest()[:MAC_LEN]
             if not hmac.compare_digest(mac, want):
                 raise SyncError("a frame failed authentication")
-        if seq <= self.seq_in:
-            raise SyncError(f"frame {seq} after frame {self.seq_in} (replayed or reordered)")
+        if seq != self.seq_in + 1:
+            raise SyncError(f"frame {seq} after frame {self.seq_in} (replayed, reordered or "
+                            "one dropped on the way)")
         self.seq_in = seq
         try:
             return FrameType(ftype), seq, payload
@@ -184,28 +185,32 @@ def _name(payload: bytes) -> str:
 
 def client_handshake(ch: Channel, key: bytes, node: str) -> str:
     """Authenticate both ways from the connecting side; returns the server's node name."""
-    nonce = os.urandom(NONCE_LEN)
-    ch.send(FrameType.HELLO, nonce + node.encode()[:MAX_NAME])
+    nonce, name = os.urandom(NONCE_LEN), node.encode()[:MAX_NAME]
+    ch.send(FrameType.HELLO, nonce + name)
     payload = ch.expect(FrameType.CHALLENGE)
     server_nonce, server_proof = payload[:NONCE_LEN], payload[NONCE_LEN:NONCE_LEN + 32]
-    if not hmac.compare_digest(server_proof, proof(key, b"server", nonce, server_nonce)):
+    server_name = payload[NONCE_LEN + 32:]
+    # the proofs cover both names: neither can be changed on the way
+    if not hmac.compare_digest(server_proof, proof(key, b"server", nonce + name,
+                                                   server_nonce + server_name)):
         raise SyncError("the peer does not hold the cluster key")
-    ch.send(FrameType.PROOF, proof(key, b"client", server_nonce, nonce))
+    ch.send(FrameType.PROOF, proof(key, b"client", server_nonce + server_name, nonce + name))
     ch.session_key = proof(key, b"session", nonce, server_nonce)
-    return _name(payload[NONCE_LEN + 32:])
+    return _name(server_name)
 
 
 def server_handshake(ch: Channel, key: bytes, node: str) -> str:
     """Authenticate both ways from the accepting side; returns the client's node name."""
     payload = ch.expect(FrameType.HELLO)
-    client_nonce, name = payload[:NONCE_LEN], _name(payload[NONCE_LEN:])
+    client_nonce, client_name = payload[:NONCE_LEN], payload[NONCE_LEN:NONCE_LEN + MAX_NAME]
+    name = _name(client_name)
     if len(client_nonce) != NONCE_LEN:
         raise SyncError("a HELLO without a nonce")
-    nonce = os.urandom(NONCE_LEN)
-    ch.send(FrameType.CHALLENGE, nonce + proof(key, b"server", client_nonce, nonce)
-            + node.encode()[:MAX_NAME])
+    nonce, own = os.urandom(NONCE_LEN), node.encode()[:MAX_NAME]
+    ch.send(FrameType.CHALLENGE, nonce + proof(key, b"server", client_nonce + client_name,
+                                               nonce + own) + own)
     if not hmac.compare_digest(ch.expect(FrameType.PROOF),
-                               proof(key, b"client", nonce, client_nonce)):
+                               proof(key, b"client", nonce + own, client_nonce + client_name)):
         raise SyncError(f"the peer {name!r} does not hold the cluster key")
     ch.session_key = proof(key, b"session", client_nonce, nonce)
     return name

@@ -110,8 +110,9 @@ def test_a_client_without_the_key_is_refused_by_the_server() -> None:
     client = F.Channel(b)
     nonce = b"n" * F.NONCE_LEN
     client.send(F.FrameType.HELLO, nonce + b"intruder")
-    server_nonce = client.expect(F.FrameType.CHALLENGE)[:F.NONCE_LEN]
-    client.send(F.FrameType.PROOF, F.proof(b"x" * 32, b"client", server_nonce, nonce))
+    challenge = client.expect(F.FrameType.CHALLENGE)
+    server = challenge[:F.NONCE_LEN] + challenge[F.NONCE_LEN + 32:]
+    client.send(F.FrameType.PROOF, F.proof(b"x" * 32, b"client", server, nonce + b"intruder"))
     t.join(5)
     (result,) = got
     assert isinstance(result, F.SyncError) and "does not hold the cluster key" in str(result)
