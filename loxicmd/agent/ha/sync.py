@@ -46,6 +46,8 @@ QUEUE_LIMIT = 500_000  # records queued for a peer beyond which it gets a new bu
 REFRESH_S = 30
 GRACE_S = 2 * REFRESH_S
 CONNECT_TIMEOUT_S = 1.0
+HANDSHAKE_S = 5.0  # an accepted connection proves the key within this, or is closed
+MAX_HANDSHAKES = 16  # connections accepted and not yet authenticated
 # A peer that refused or did not answer our connections this long after this agent started
 # is down: the node need not wait for its table. (A peer that was only slow to come up
 # makes the node wait: waiting is safe, taking MASTER without the flows is not.)
@@ -82,6 +84,11 @@ def read_key(path: str) -> bytes:
         raise ValueError(f"{path} holds {len(key)} bytes of key; allowed: at least 16 "
                          "(e.g. `head -c 32 /dev/urandom | base64 > FILE`)")
     return key
+
+
+def _abort(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _tune(sock: socket.socket) -> None:
@@ -340,6 +347,7 @@ class ConntrackSync:
         self.outbound = [Outbound(self, host, port) for host, port in peers]
         self.inbound: dict[int, Inbound] = {}  # by connection id
         self._inbound_socks: dict[int, socket.socket] = {}
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._conn_ids = iter(range(1, 1 << 62))
         self._lock = threading.Lock()
         self.sent_by_instance: collections.Counter[str] = collections.Counter()
@@ -436,10 +444,25 @@ class ConntrackSync:
         peer: Inbound | None = None
         with self._lock:
             self._inbound_socks[conn_id] = sock
+        # whoever connects has HANDSHAKE_S to prove the key, and only so many may try at
+        # once: an unauthenticated client holds a thread no longer than that
+        if not self._handshakes.acquire(blocking=False):
+            log.warning("sync from %s: refused, %d handshakes already under way", address,
+                        MAX_HANDSHAKES)
+            sock.close()
+            with self._lock:
+                self._inbound_socks.pop(conn_id, None)
+            return
+        deadline = threading.Timer(HANDSHAKE_S, _abort, args=(sock,))
         try:
-            sock.settimeout(CONNECT_TIMEOUT_S * 5)  # for the handshake
+            deadline.start()
+            sock.settimeout(HANDSHAKE_S)
             ch = F.Channel(sock)
-            identity = F.server_handshake(ch, self.key, self.identity)
+            try:
+                identity = F.server_handshake(ch, self.key, self.identity)
+            finally:
+                deadline.cancel()
+                self._handshakes.release()
             _tune(sock)
             peer = Inbound(identity, address)
             with self._lock:

@@ -318,3 +318,29 @@ def test_a_node_is_not_ready_while_a_live_peer_has_not_sent_its_table(
         server.close()
         for conn in accepted:
             conn.close()
+
+
+def test_an_unauthenticated_client_is_cut_off_and_only_a_few_may_try(
+        h: DpHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loxicmd.agent.ha import sync as S
+
+    monkeypatch.setattr(S, "HANDSHAKE_S", 0.5)
+    monkeypatch.setattr(S, "MAX_HANDSHAKES", 2)
+    port = _free_port()
+    sync = ConntrackSync(h.dp, "lb1", KEY, [], ("127.0.0.1", port))
+    clients = []
+    try:
+        sync.start()
+        for _ in range(3):
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            time.sleep(0.05)
+        # the third finds two handshakes under way: closed at once
+        assert clients[2].recv(1) == b""
+        # the first two say nothing: closed when their time is up
+        start = time.monotonic()
+        assert clients[0].recv(1) == b"" and clients[1].recv(1) == b""
+        assert time.monotonic() - start < 2
+    finally:
+        for c in clients:
+            c.close()
+        sync.stop()
