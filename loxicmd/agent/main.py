@@ -247,7 +247,8 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
 
         sync = ConntrackSync(dp, sync_settings.node, sync_settings.key, sync_settings.peers,
                              sync_settings.listen, mark_of=mark_of,
-                             instance_of=lambda rule_id: instance_of(table.book.name_of(rule_id)))
+                             instance_of=lambda rule_id: instance_of(table.book.name_of(rule_id)),
+                             is_master=ha.any_master)
         stack.callback(sync.stop)
         table.observe(sync.installer)
         handlers.append(sync.handle)

@@ -136,6 +136,10 @@ class HaStates:
             raise ApiError(500, f"could not save state in {self.store.dir}: {exc}") from exc
 
     # -- the API -----------------------------------------------------------------
+    def any_master(self) -> bool:
+        with self._lock:
+            return any(e["state"] == "MASTER" for e in self._states.values())
+
     def state_of(self, instance: str) -> str:
         with self._lock:
             entry = self._states.get(instance)

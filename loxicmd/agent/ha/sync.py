@@ -237,6 +237,7 @@ class Outbound:
             self._queue.clear()
             self._overflow = False
         self.state, self.error, self.down_since = "connected", "", None
+        self.sync.peer_back()
         log.info("sync to %s (%s): connected", self.name, self.identity)
         acks = threading.Thread(target=self._read_acks, args=(ch,), daemon=True,
                                 name=f"sync-acks-{self.host}")
@@ -334,7 +335,8 @@ class Outbound:
 class ConntrackSync:
     def __init__(self, dp: Dataplane, node: str, key: bytes, peers: list[tuple[str, int]],
                  listen: tuple[str, int], mark_of: Callable[[int], int] = lambda rule_id: 0,
-                 instance_of: Callable[[int], str] = lambda rule_id: "default") -> None:
+                 instance_of: Callable[[int], str] = lambda rule_id: "default",
+                 is_master: Callable[[], bool] = lambda: False) -> None:
         self.dp = dp
         self.key = key
         self.identity = f"{node}@{os.urandom(4).hex()}"  # names alone may repeat
@@ -344,6 +346,7 @@ class ConntrackSync:
         self.installer = FlowInstaller(dp)
         self.stopping = False
         self._synced = False
+        self.is_master = is_master
         self.outbound = [Outbound(self, host, port) for host, port in peers]
         self.inbound: dict[int, Inbound] = {}  # by connection id
         self._inbound_socks: dict[int, socket.socket] = {}
@@ -526,10 +529,19 @@ class ConntrackSync:
             self.received_by_instance[self.instance_of(placed.rule_id)] += 1
 
     # -- state --------------------------------------------------------------------------
+    def peer_back(self) -> None:
+        """A peer is reachable again (after a partition, or it restarted): unless this node
+        is MASTER of something, it waits for that peer's table again before it may take
+        MASTER (the peer may have carried flows meanwhile). A MASTER stays ready: its
+        track script failing would hand its flows to a node that may not have them."""
+        if self._synced and not self.is_master():
+            self._synced = False
+            log.info("a peer is back: waiting for its table before this node may be MASTER")
+
     def ready(self) -> bool:
-        """Since it started, this node got the whole table of every peer that is up (a
-        peer that stays unreachable is down and has nothing to give). Once true it stays
-        true: a peer leaving or coming back takes no flow away from this node."""
+        """This node got the whole table of every peer that is up (a peer that stays
+        unreachable is down and has nothing to give). Once true it stays true, but for a
+        peer coming back to a node that is MASTER of nothing (peer_back)."""
         if self._synced:
             return True
         with self._lock:

@@ -292,6 +292,51 @@ def test_a_table_made_before_the_connection_arrives_whole_and_gates_readiness(
     assert two.ready() and two.status()["ready"]
 
 
+def test_a_node_that_is_master_of_nothing_waits_again_for_a_peer_that_comes_back(
+        h: DpHarness, peer: DpHarness) -> None:
+    ports = _free_port(), _free_port()
+    master = {"lb2": False}
+    two = ConntrackSync(peer.dp, "lb2", KEY, [("127.0.0.1", ports[0])],
+                        ("127.0.0.1", ports[1]), is_master=lambda: master["lb2"])
+
+    def lb1(sends_its_table: bool) -> ConntrackSync:
+        """lb1 as a new process; one that cannot reach lb2 never sends it its table."""
+        to = ports[1] if sends_its_table else _free_port()
+        return ConntrackSync(h.dp, "lb1", KEY, [("127.0.0.1", to)], ("127.0.0.1", ports[0]))
+
+    def back(node: ConntrackSync) -> None:
+        """Wait until lb2's connection reaches this lb1 process."""
+        wait_for(lambda: two.status()["peers"][0]["node"] == "lb1"
+                 and two.outbound[0].identity == node.identity
+                 and two.outbound[0].state == "connected", timeout=10, what="lb2 -> lb1")
+
+    running: list[ConntrackSync] = [two]
+    try:
+        running.append(lb1(True).start())
+        two.start()
+        wait_for(two.ready, timeout=10, what="lb2 synced")
+        running.pop().stop()
+        silent = lb1(False).start()  # back, but its table does not reach lb2
+        running.append(silent)
+        back(silent)
+        wait_for(lambda: not two.ready(), timeout=5, what="lb2 waiting for lb1's table")
+        time.sleep(1)
+        assert not two.ready(), "lb2 must wait for the table of a peer that came back"
+        running.pop().stop()
+        full = lb1(True).start()
+        running.append(full)
+        wait_for(two.ready, timeout=10, what="lb2 ready once lb1 sent its table")
+        master["lb2"] = True  # a MASTER stays ready whoever comes back
+        running.pop().stop()
+        silent = lb1(False).start()
+        running.append(silent)
+        back(silent)
+        assert two.ready()
+    finally:
+        for sync in running:
+            sync.stop()
+
+
 def test_a_node_is_not_ready_while_a_live_peer_has_not_sent_its_table(
         h: DpHarness, tmp_path: Path) -> None:
     """A live peer (it accepts our connection) that never sends its table: not ready."""
