@@ -251,6 +251,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
                              is_master=ha.any_master)
         stack.callback(sync.stop)
         table.observe(sync.installer)
+        ha.observers.append(sync.on_state)
         handlers.append(sync.handle)
         ha.sync_status = sync.status
         sync.start()

@@ -393,6 +393,21 @@ class ConntrackSync:
         for out in self.outbound:
             out.resync()
 
+    def on_state(self, instance: str, previous: str, entry: dict[str, Any]) -> None:
+        """An HA state observer: a node that stops being MASTER stops owning the flows it
+        carried. They become copies (the new MASTER reports them from now on), so that
+        when they age out here, unused, this node neither deletes them on the peers nor
+        resets their ends. (Flows of other instances this node still carries are its own
+        again at their next packet.)"""
+        if previous == "MASTER" and entry["state"] != "MASTER":
+            threading.Thread(target=self._disown, args=(instance,), daemon=True,
+                             name="sync-disown").start()
+
+    def _disown(self, instance: str) -> None:
+        marked = self.installer.mark_all_as_copies()
+        log.info("no longer MASTER of %s: %d conntrack entries are copies now", instance,
+                 marked)
+
     # -- sending ----------------------------------------------------------------------
     def handle(self, data: bytes) -> None:
         """An event from the pump: queued for every connected peer."""
