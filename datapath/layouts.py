@@ -360,8 +360,6 @@ def ip_to_be32(ip: str) -> int:
     return struct.unpack("=I", socket.inet_aton(ip))[0]
 
 
-
-
 def port_to_be16(port: int) -> int:
     return struct.unpack("=H", struct.pack("!H", port))[0]
 

@@ -122,13 +122,17 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             stack.callback(NodeLock(pin_dir, node).close)
         except NodeBusy as exc:
             raise click.ClickException(str(exc)) from None
+        from .dataplane.dataplane import interfaces_in_namespace
+
+        # forwarding first: the datapath forwards what it translates from its first packet
+        ifnames = ifnames if ifnames is not None else interfaces_in_namespace()
+        _ensure_forwarding(keep_sysctls, ifnames)
         try:
             parts = _build(stack, store, pin_dir, ct_entries, ifnames,
                            Path(state_dir), audit_max_mb * 1024 * 1024, audit_backups, sync)
         except (OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         dp = parts.rules.dp
-        _ensure_forwarding(keep_sysctls, list(dp.attached))
         log.info("datapath on %s, maps in %s, %d rules restored from %s",
                  ", ".join(dp.attached) or "no interface", pin_dir, len(parts.rules.records),
                  state_dir)
@@ -183,7 +187,7 @@ def _cluster_settings(cluster: str | None, key_file: str | None, listen: str,
 
 
 def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
-           ct_entries: int | None, ifnames: list[str] | None, state_dir: Path,
+           ct_entries: int | None, ifnames: list[str], state_dir: Path,
            audit_max_bytes: int, audit_backups: int,
            sync_settings: SyncSettings | None = None) -> AgentParts:
     """The agent's parts, wired: the datapath, the HA states, the rule table and its
@@ -192,7 +196,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     part is stopped by `stack`."""
     from .conntrack.listing import FlowListing
     from .conntrack.resets import ResetSender
-    from .dataplane.dataplane import Dataplane, interfaces_in_namespace
+    from .dataplane.dataplane import Dataplane
     from .events.audit import AuditLog
     from .events.pump import POLL_MS, EventPump, Periodic, sweeper
     from .ha.garp import announce_on_takeover
@@ -270,7 +274,7 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     stack.callback(Periodic("route-recheck", ROUTE_RECHECK_S, table.recheck_routes).start().stop)
 
     try:
-        dp.attach(ifnames if ifnames is not None else interfaces_in_namespace())
+        dp.attach(ifnames)
     except (OSError, ValueError):
         dp.detach_all()
         raise

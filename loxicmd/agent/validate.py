@@ -56,13 +56,6 @@ def query_int(value: str, name: str, lo: int, hi: int) -> int:
     return number
 
 
-def query_ip(value: str, name: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise InvalidInput(name, f"{value!r} is not a valid IP address") from None
-
-
 def one_of(value: str, name: str, allowed: tuple[str, ...] | list[str], what: str) -> str:
     if value not in allowed:
         raise InvalidInput(name, f"{value!r} is not {what}; allowed: {', '.join(allowed)}")

@@ -90,6 +90,11 @@ class Schema:
     name: str
     description: str
     fields: Mapping[str, Field] = field(default_factory=dict)
+    # field names by their lower case (clients spell them in any case); made once
+    canonical: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "canonical", {k.lower(): k for k in self.fields})
 
     def json_schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "object", "description": self.description,
@@ -296,10 +301,9 @@ def check(schema: str, obj: Any, where: str = "", *, unknown: str = "refuse"
     sch = SCHEMAS_BY_NAME[schema]
     if not isinstance(obj, Mapping):
         raise InvalidInput(where or "body", f"{_kind(obj)} is not an object")
-    canonical = {key.lower(): key for key in sch.fields}
     out: dict[str, Any] = {}
     for key, value in obj.items():
-        name = canonical.get(str(key).lower())
+        name = sch.canonical.get(str(key).lower())
         path = f"{where}.{key}" if where else str(key)
         if name is None:
             if unknown == "refuse":

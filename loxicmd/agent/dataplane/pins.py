@@ -84,13 +84,21 @@ def agents_in_this_namespace() -> list[str]:
         try:
             if os.stat(f"/proc/{pid}/ns/net").st_ino != ours:
                 continue
-            with open(f"/proc/{pid}/cmdline", "rb") as c:
-                cmd = c.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
+        cmd = _cmdline(pid)
         if "loxilbd" in cmd and "--cleanup" not in cmd:
             found.append(f"pid {pid} ({cmd})")
     return found
+
+
+def _cmdline(pid: str) -> str:
+    """A process's command line ("" when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as c:
+            return c.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def _lock_holder(fd: int) -> str:
@@ -103,12 +111,8 @@ def _lock_holder(fd: int) -> str:
                 fields = line.split()
                 if "FLOCK" in fields and wanted in fields:
                     pid = fields[fields.index(wanted) - 1]
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as c:
-                            cmd = c.read().replace(b"\0", b" ").decode(errors="replace")
-                    except OSError:
-                        cmd = ""
-                    return f"pid {pid}" + (f" ({cmd.strip()})" if cmd.strip() else "")
+                    cmd = _cmdline(pid)
+                    return f"pid {pid}" + (f" ({cmd})" if cmd else "")
     except OSError:
         pass
     return "another loxilbd"

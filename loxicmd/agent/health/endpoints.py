@@ -30,6 +30,7 @@ from .monitor import HealthMonitor, ProbeStatus
 from .spec import (
     DEFAULT_PROBE_PERIOD_S,
     DEFAULT_PROBE_RETRIES,
+    FORMAT_1_PROBE_PERIOD_S,
     ProbeSpec,
     attempt_timeout,
     validate,
@@ -40,12 +41,11 @@ log = logging.getLogger("loxilbd.endpoints")
 # Format 2: an omitted probeDuration means LoxiLB's 60 s; records without a format are
 # older, when it meant 10 s.
 RECORD_FORMAT = 2
-OLD_DEFAULT_PERIOD_S = 10
 
 
 def _format_1(body: dict[str, Any]) -> dict[str, Any]:
     if not any(str(k).lower() == "probeduration" and v for k, v in body.items()):
-        return {**body, "probeDuration": OLD_DEFAULT_PERIOD_S}
+        return {**body, "probeDuration": FORMAT_1_PROBE_PERIOD_S}
     return body
 
 @dataclass(frozen=True)

@@ -101,10 +101,8 @@ class RuleBook:
     # -- lookups --------------------------------------------------------------
     def find(self, external_ip: str, port: int, port_max: int | None, protocol: str,
              mark: int, host: str) -> list[RuleKey]:
-        return [k for k in self.records
-                if k.external_ip == external_ip and k.port == port and k.protocol == protocol
-                and k.mark == mark and k.host == host
-                and (port_max is None or k.port_max == port_max)]
+        return [k for k in self.by_address.get((external_ip, protocol, mark, host), ())
+                if k.port == port and (port_max is None or k.port_max == port_max)]
 
     def by_name(self, name: str) -> list[RuleKey]:
         return [k for k, r in self.records.items() if r.rule.name == name]

@@ -106,7 +106,6 @@ class LbRule:
 # A monitored rule probes its endpoints as its protocol says unless told otherwise (LoxiLB).
 DEFAULT_PROBE_TYPES = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", "icmp": "ping"}
 SECURITY_NAMES = {0: "plain", 1: "https", 2: "e2ehttps"}
-SUPPORTED_SECURITY = (0,)
 
 
 @dataclass(frozen=True)
@@ -204,13 +203,11 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int, bool]:
     default_target = sa.port if port_max == sa.port else 0
     endpoints = [_endpoint(ep, i, default_target, external_ip)
                  for i, ep in enumerate(entry.endpoints)]
-    if len({ep.ident for ep in endpoints}) < len(endpoints):
-        seen: set[tuple[str, int]] = set()
-        for i, ep in enumerate(endpoints):
-            if ep.ident in seen:
-                raise InvalidInput(f"endpoints[{i}]", f"{ep.ip}:{ep.target_port} is listed "
-                                   "twice")
-            seen.add(ep.ident)
+    seen: set[tuple[str, int]] = set()  # twice, perhaps only once target ports are filled
+    for i, ep in enumerate(endpoints):
+        if ep.ident in seen:
+            raise InvalidInput(f"endpoints[{i}]", f"{ep.ip}:{ep.target_port} is listed twice")
+        seen.add(ep.ident)
     rule = LbRule(
         key=RuleKey(external_ip, sa.port, port_max, protocol, sa.block, ""),
         sel=_supported(sa.sel, f"{where}sel", SELECTION_NAMES, SUPPORTED_SEL),
@@ -246,10 +243,9 @@ def _endpoint(ep: LoadBalancerEndpoint, i: int, default_target: int, vip: str) -
     return Endpoint(ip, target, ep.weight)
 
 
-def rule_entry(rule: LbRule, counters: dict[tuple[str, int], tuple[int, int]] | None = None,
-               inactive: set[tuple[str, int]] | None = None) -> LoadbalanceEntry:
-    """The LoadbalanceEntry of a rule; with `counters` the API's answer (endpoint states
-    and counters), without it the request that recreates the rule (the persisted form)."""
+def rule_entry(rule: LbRule) -> LoadbalanceEntry:
+    """The LoadbalanceEntry of a rule, without endpoint states and counters (the API adds
+    those: rule_to_api)."""
     k, p = rule.key, rule.effective_probe
     sa = ServiceArguments(
         external_ip=k.external_ip, port=k.port, port_max=k.port_max if k.port_max != k.port
@@ -263,13 +259,8 @@ def rule_entry(rule: LbRule, counters: dict[tuple[str, int], tuple[int, int]] | 
         # rules of deleted Services); no rule of this agent is one
         snat=False,
     )
-    shown = counters is not None
-    endpoints = [LoadBalancerEndpoint(
-        ep.ip, ep.target_port, ep.weight,
-        state=("inactive" if ep.ident in (inactive or set()) else "active") if shown
-        else None,
-        counter="{}:{}".format(*counters.get(ep.ident, (0, 0))) if counters is not None
-        else None) for ep in rule.endpoints]
+    endpoints = [LoadBalancerEndpoint(ep.ip, ep.target_port, ep.weight)
+                 for ep in rule.endpoints]
     return LoadbalanceEntry(sa, endpoints, [], list(rule.allowed_sources))
 
 

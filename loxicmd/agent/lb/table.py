@@ -20,6 +20,7 @@ from loxicmd.names import NAT_MODE_NAMES
 
 from ..dataplane.dataplane import Dataplane, route_source
 from ..errors import ApiError, InvalidInput
+from ..health.spec import FORMAT_1_PROBE_PERIOD_S
 from ..store.journal import StateStore, upgraded
 from .book import Change, EndpointIdent, RuleBook, RuleRecord
 from .model import (
@@ -36,13 +37,12 @@ log = logging.getLogger("loxilbd.rules")
 # Format 2: probeTimeout is the probe period (LoxiLB's meaning). Records without a format
 # are older: there it was the attempt timeout of probes run every 10 s.
 RECORD_FORMAT = 2
-OLD_PROBE_PERIOD_S = 10
 
 
 def _format_1(entry: dict[str, Any]) -> dict[str, Any]:
     sa = dict(entry.get("serviceArguments") or {})
     if sa.get("monitor"):
-        sa["probeTimeout"] = OLD_PROBE_PERIOD_S  # what the rule did before the upgrade
+        sa["probeTimeout"] = FORMAT_1_PROBE_PERIOD_S  # what the rule did before the upgrade
     else:  # probe options of an unmonitored rule were only ever defaults
         for key in ("probetype", "probeport", "probereq", "proberesp", "probeTimeout",
                     "probeRetries"):

@@ -24,7 +24,7 @@ from ..errors import ApiError, InvalidInput
 from ..ha.states import HaStates
 from ..health.endpoints import EndpointTable
 from ..lb.table import RuleTable
-from ..validate import one_of, query_int, query_ip
+from ..validate import one_of, query_int
 from .config import SUCCESS, config_router, json_body
 
 log = logging.getLogger("loxilbd.api")
@@ -97,7 +97,7 @@ def _endpoint_routes(app: FastAPI, endpoints: EndpointTable) -> None:
     @app.delete(base + paths.ENDPOINT_BY_IP)
     def delete_endpoint(ip: str, name: str | None = None, probe_type: str | None = None,
                         probe_port: str | None = None) -> dict[str, str]:
-        endpoints.delete(query_ip(ip, "epipaddress"), name or None, probe_type or None,
+        endpoints.delete(wire.ip_address(ip, "epipaddress"), name or None, probe_type or None,
                          query_int(probe_port, "probe_port", 0, 65535) if probe_port else None)
         return SUCCESS
 
@@ -200,7 +200,7 @@ def create_app(parts: AgentParts, token: str | None = None) -> FastAPI:
 
     def _delete(ip: str, port: str, portmax: str | None, proto: str, host: str,
                 block: str | None) -> dict[str, str]:
-        ext = query_ip(ip, "externalipaddress")
+        ext = wire.ip_address(ip, "externalipaddress")
         lo = query_int(port, "port", 0, 65535)
         hi = query_int(portmax, "portmax", 0, 65535) if portmax is not None else None
         protocol = one_of(proto.lower(), "protocol", PROTOCOLS, "a protocol")
@@ -238,7 +238,7 @@ def create_app(parts: AgentParts, token: str | None = None) -> FastAPI:
                 limit: str | None = None, after: str | None = None) -> Any:
         flt = FlowFilter(
             serv_name=servName,
-            ip=query_ip(ip, "ip") if ip else None,
+            ip=wire.ip_address(ip, "ip") if ip else None,
             port=query_int(port, "port", 1, 65535) if port else None,
             state=one_of(state, "state", CONNTRACK_STATES, "a conntrack state") if state else None,
         )

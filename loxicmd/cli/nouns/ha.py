@@ -13,7 +13,6 @@ from loxicmd.cli.options import Call, global_options, perform, settings
 from loxicmd.cli.render import Column
 from loxicmd.names import HA_STATES
 
-STATES = HA_STATES
 
 def _peers(row: dict[str, Any]) -> list[str]:
     """Each peer as ADDRESS(state, bulk received): what sync has with it."""
@@ -59,7 +58,7 @@ LISTING = Listing(
 
 @click.command("hastate")
 @click.argument("instance")
-@click.argument("state", metavar="STATE", type=args.UpperChoice(STATES))
+@click.argument("state", metavar="STATE", type=args.UpperChoice(HA_STATES))
 @click.option("--vip", type=args.IP, help="The instance's virtual IP.")
 @global_options()
 @click.pass_context

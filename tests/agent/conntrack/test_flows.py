@@ -235,6 +235,17 @@ def test_the_one_byte_offsets_point_at_the_type_and_the_protocol() -> None:
     assert flows.EVENT_PROTO_OFFSET == LbEvent.key.offset + LbCtKey.proto.offset
 
 
+def test_each_field_the_decoder_reads_has_its_c_size() -> None:
+    """The struct codes written by hand in flows.py against the ctypes mirrors (a 1-byte
+    field read as 4 bytes would still give right answers over zero padding)."""
+    for path, code in flows._EVENT:
+        cls: type = LbEvent
+        for name in path.split("."):
+            ctype = dict(cls._fields_)[name]
+            cls = ctype
+        assert struct.calcsize("=" + code) == ctypes.sizeof(ctype), path
+
+
 def test_the_event_reader_format_covers_the_structure() -> None:
     """The last field read ends inside the event (a layout change would show here)."""
     values = read_event(tcp_dnat())

@@ -78,10 +78,12 @@ def test_a_udp_flow_keeps_its_endpoint_on_the_peer(h: DpHarness, peer: DpHarness
     peer.apply(lb_body(proto="udp", eps=list(reversed(EPS))))
     flow = _first_flow(h, udp(sport=42000))
     FlowInstaller(peer.dp).install(flow)
+    peer.events()
     for _ in range(3):  # rotation on the peer would move it: conntrack keeps it
         verdict, out = peer.run(udp(sport=42000))
         assert verdict == 0 and out[IP].dst == flow.endpoint_ip
         assert out[UDP].dport == flow.endpoint_port
+    assert not [e for e in peer.events() if e.type == L.EventType.NEW], "no second flow"
 
 
 def test_the_endpoints_load_counts_the_placed_flow_once(h: DpHarness, peer: DpHarness) -> None:

@@ -7,10 +7,10 @@ test_monitor.py."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from lab import wait_for
 
 from loxicmd.agent.health.monitor import HealthMonitor
 from loxicmd.agent.health.probes import ProbeFailed, ProbeKind
@@ -71,19 +71,16 @@ def spec(host: str, retries: int = 2) -> ProbeSpec:
                      retries=retries)
 
 
-def wait(predicate: object, seconds: float = 3.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"not within {seconds} s")
+def wait(predicate: Callable[[], object], seconds: float = 3.0) -> None:
+    wait_for(predicate, timeout=seconds, interval=0.01, what="the monitor's changes")
 
 
 def test_down_after_retries_failures_and_back_after_two_successes(
         monitor: tuple[HealthMonitor, list[tuple[str, bool]]], scripted: ScriptedProbe) -> None:
     mon, changes = monitor
-    scripted.script("198.18.0.1", "GBB" + "B" * 5 + "G")
+    # one success between failures is not "back" (a monitor that flipped on one would
+    # say down, up, down, up); two failures are "down" (three would never say it)
+    scripted.script("198.18.0.1", "GBBGBBG")
     s = spec("198.18.0.1")
     mon.add(s)
     wait(lambda: ("198.18.0.1", False) in changes)
