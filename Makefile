@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool iproute2 util-linux curl socat \
 	iperf3 nginx-light iputils-ping tcpdump gcc make man-db zsh fish \
-	haproxy nftables iptables wrk sockperf keepalived hping3
+	haproxy nftables iptables wrk sockperf keepalived hping3 bird2 gobgpd
 
 .PHONY: demo test bench lint deps apt venv datapath bpffs clean
 

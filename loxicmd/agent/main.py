@@ -83,13 +83,23 @@ def _interfaces(value: str) -> list[str] | None:
                    "authenticates the sync peers. Needed with --cluster.")
 @click.option("--cluster-listen", default="0.0.0.0:22222", show_default=True,
               metavar="ADDR[:PORT]", help="Where peers' sync connections are accepted.")
+@click.option("--bgp-backup", type=click.Choice(["worse", "withdraw"]), default="worse",
+              show_default=True,
+              help="What a BACKUP node does with its VIPs' routes: announce them as the "
+                   "worse path (MED 20, local preference 100) or withdraw them.")
+@click.option("--bgp-import", is_flag=True,
+              help="Install the routes BGP peers announce in this node's routing table "
+                   "(the best path of each prefix; ip route proto 196).")
+@click.option("--bgp-hold-time", type=click.IntRange(3, 65535), default=90, show_default=True,
+              help="BGP hold time offered to peers (s); a session lasts the lower of both.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         bpffs_dir: str | None, ct_entries: int | None, token: str | None,
         detach_on_exit: bool, cleanup: bool, keep_sysctls: bool, audit_max_mb: int,
         audit_backups: int, cluster: str | None, cluster_key: str | None,
-        cluster_listen: str, log_level: str) -> None:
+        cluster_listen: str, bgp_backup: str, bgp_import: bool, bgp_hold_time: int,
+        log_level: str) -> None:
     """The load-balancer agent: loads the eBPF datapath, serves the REST API."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -129,7 +139,8 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         _ensure_forwarding(keep_sysctls, ifnames)
         try:
             parts = _build(stack, store, pin_dir, ct_entries, ifnames,
-                           Path(state_dir), audit_max_mb * 1024 * 1024, audit_backups, sync)
+                           Path(state_dir), audit_max_mb * 1024 * 1024, audit_backups, sync,
+                           BgpOptions(bgp_backup, bgp_import, bgp_hold_time))
         except (OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         dp = parts.rules.dp
@@ -150,6 +161,13 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             dp.detach_all()
         if not server.started:
             raise click.ClickException(f"could not serve the API on {host}:{port}")
+
+
+@dataclass(frozen=True)
+class BgpOptions:
+    backup_policy: str = "worse"
+    import_routes: bool = False
+    hold_time: int = 90
 
 
 @dataclass(frozen=True)
@@ -189,11 +207,13 @@ def _cluster_settings(cluster: str | None, key_file: str | None, listen: str,
 def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
            ct_entries: int | None, ifnames: list[str], state_dir: Path,
            audit_max_bytes: int, audit_backups: int,
-           sync_settings: SyncSettings | None = None) -> AgentParts:
+           sync_settings: SyncSettings | None = None,
+           bgp_options: BgpOptions | None = None) -> AgentParts:
     """The agent's parts, wired: the datapath, the HA states, the rule table and its
-    observers (endpoint health), the readers of conntrack events (audit log, resets,
-    conntrack sync), the timers; restored from the state directory, then attached. Each
-    part is stopped by `stack`."""
+    observers (endpoint health, the BGP speaker), the readers of conntrack events (audit
+    log, resets, conntrack sync), the timers; restored from the state directory, then
+    attached. Each part is stopped by `stack`."""
+    from .bgp.speaker import BgpSpeaker
     from .conntrack.listing import FlowListing
     from .conntrack.resets import ResetSender
     from .dataplane.dataplane import Dataplane
@@ -232,6 +252,14 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     endpoints.restore()
     monitor.start()
     stack.callback(monitor.stop)
+
+    # The BGP speaker counts the VIPs of rules as they are restored; it starts talking
+    # once the datapath is attached (a VIP is announced only when it can be served).
+    bgp_options = bgp_options or BgpOptions()
+    bgp = BgpSpeaker(state_dir, ha, backup_policy=bgp_options.backup_policy,
+                     import_routes=bgp_options.import_routes, hold_time=bgp_options.hold_time)
+    table.observe(bgp.vips)
+    ha.observers.append(bgp.on_ha_state)
 
     table.restore()
 
@@ -278,8 +306,9 @@ def _build(stack: contextlib.ExitStack, store: StateStore, pin_dir: str,
     except (OSError, ValueError):
         dp.detach_all()
         raise
+    stack.callback(bgp.start().stop)
     return AgentParts(rules=table, flows=FlowListing(table), endpoints=endpoints,
-                      ha=ha, state_dir=str(state_dir), pin_dir=pin_dir)
+                      ha=ha, bgp=bgp, state_dir=str(state_dir), pin_dir=pin_dir)
 
 
 def _cleanup(pin_dir: str, node: str, default_dir: bool) -> None:

@@ -27,6 +27,7 @@ from loxicmd.names import (
 )
 
 UINT32_MAX = 2**32 - 1
+BGP_STATES = ("IDLE", "CONNECT", "ACTIVE", "OPENSENT", "OPENCONFIRM", "ESTABLISHED")
 JSON_TYPES = ("string", "integer", "boolean", "array", "object", "number")
 
 
@@ -136,7 +137,8 @@ SCHEMAS: tuple[Schema, ...] = (
         "mode": Field("integer", f"NAT mode: {_codes(NAT_MODE_NAMES)} (dsr, fullproxy, "
                       "hostonearm refused by this agent)", enum=tuple(NAT_MODE_NAMES),
                       words=NAT_MODE_NAMES),
-        "bgp": Field("boolean", "Announce the VIP with BGP (refused by this agent yet)"),
+        "bgp": Field("boolean", "Announce the VIP with BGP while this node is its "
+                     "instance's MASTER (BACKUP: worse path, or withdrawn)"),
         "monitor": Field("boolean", "Probe the endpoints; inactive ones get no new flows"),
         "probetype": Field("string", "How endpoints are probed (empty: the protocol's; "
                            "sctp refused by this agent)", enum=("", *LOXILB_PROBE_TYPES)),
@@ -243,21 +245,35 @@ SCHEMAS: tuple[Schema, ...] = (
     }),
     Schema("CIStatusList", "Every cluster instance.", {
         "Attr": Field("array", items="CIStatusEntry", required=True)}),
-    Schema("BGPNeigh", "A BGP peer (served once BGP comes to this agent).", {
+    Schema("BGPNeigh", "A BGP peer of this node's speaker, and its session.", {
         "ipAddress": Field("string", "The peer's address", required=True, **IP),
         "remoteAs": Field("integer", "Its AS number", minimum=1, maximum=UINT32_MAX,
                           required=True),
         "remotePort": Field("integer", "Its BGP port (default 179)", minimum=1,
                             maximum=65535),
-        "setMultiHop": Field("boolean", "eBGP multi-hop"),
-        "state": Field("string", "Session state", read_only=True),
-        "updowntime": Field("string", "Time in the state", read_only=True),
+        "setMultiHop": Field("boolean", "eBGP multi-hop (else one hop: TTL 1)"),
+        "state": Field("string", "Session state", enum=BGP_STATES, read_only=True),
+        "updowntime": Field("string", "Time in (or out of) ESTABLISHED: HH:MM:SS, "
+                            "`Nd HH:MM:SS`, `never`", read_only=True),
+        "localAddress": Field("string", "This node's address on the session", read_only=True),
+        "holdTime": Field("integer", "Negotiated hold time (s); null while not established",
+                          nullable=True, read_only=True),
+        "advertisedPrefixes": Field("integer", "Routes sent to the peer", read_only=True),
+        "receivedPrefixes": Field("integer", "Routes the peer announces", read_only=True),
+        "acceptedPrefixes": Field("integer", "Of those, the ones installed in this node's "
+                                  "routing table (0 without --bgp-import)", read_only=True),
     }),
+    Schema("BGPNeighList", "Every BGP neighbor.", {
+        "bgpNeiAttr": Field("array", items="BGPNeigh", required=True)}),
     Schema("BGPGlobalConfig", "The BGP speaker's global settings.", {
-        "routerId": Field("string", required=True, **IP),
+        "routerId": Field("string", "BGP identifier (an IPv4 address)", required=True, **IP),
         "localAs": Field("integer", minimum=1, maximum=UINT32_MAX, required=True),
         "listenPort": Field("integer", "Default 179", minimum=1, maximum=65535),
-        "SetNextHopSelf": Field("boolean", "Announce with this node as next hop"),
+        "SetNextHopSelf": Field("boolean", "Announce with this node's address as next hop "
+                                "(else the HA instance's VIP when it has one)"),
+        "speaker": Field("object", "The speaker process: `state` (stopped, starting, "
+                         "running, restarting), `pid`, `restarts`, `lastError`, `holdTime`, "
+                         "`backupPolicy` (worse, withdraw), `importRoutes`", read_only=True),
     }),
     Schema("OperParams", "The agent's operating parameters.", {
         "logLevel": Field("string", enum=("debug", "info", "warning", "error"),
@@ -438,6 +454,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", paths.PARAMS, "Operating parameters", response="OperParams"),
     Route("POST", paths.PARAMS, "Change operating parameters", request="OperParams"),
     Route("GET", paths.PROCESS, "The agent process", response="ProcessList"),
+    Route("GET", paths.BGP_NEIGH_ALL, "BGP neighbors and their sessions",
+          response="BGPNeighList"),
+    Route("POST", paths.BGP_NEIGH, "Add a BGP neighbor", request="BGPNeigh"),
+    Route("DELETE", paths.BGP_NEIGH_BY_IP, "Delete a BGP neighbor (query remoteAs: only "
+          "if its AS is that)"),
+    Route("GET", paths.BGP_GLOBAL, "The BGP global settings and the speaker's state",
+          response="BGPGlobalConfig"),
+    Route("POST", paths.BGP_GLOBAL, "Set the BGP global settings", request="BGPGlobalConfig"),
 )
 
 # The errors each route may answer, with LoxiLB's meanings.

@@ -145,6 +145,11 @@ class HaStates:
             entry = self._states.get(instance)
             return entry["state"] if entry else "NOT_DEFINED"
 
+    def entries(self) -> dict[str, dict[str, str]]:
+        """Every instance's entry (``instance``, ``state``, ``vip``) by name."""
+        with self._lock:
+            return {name: dict(entry) for name, entry in self._states.items()}
+
     def all(self) -> list[dict[str, Any]]:
         """The API view; ``sync`` is this node's conntrack sync (null without peers)."""
         sync = self.sync_status()

@@ -133,8 +133,8 @@ def _supported(value: int, where: str, names: dict[int, str], supported: tuple[i
 def _refuse_unsupported(sa: ServiceArguments, entry: LoadbalanceEntry) -> None:
     """Options the API defines but this agent does not carry out yet: refuse them when
     set rather than accept and ignore them."""
-    for key, value in (("bgp", sa.bgp), ("proxyprotocolv2", sa.proxyprotocolv2),
-                       ("egress", sa.egress), ("snat", sa.snat)):
+    for key, value in (("proxyprotocolv2", sa.proxyprotocolv2), ("egress", sa.egress),
+                       ("snat", sa.snat)):
         if value:
             raise InvalidInput(f"serviceArguments.{key}", "is not supported by this agent "
                                "yet; allowed: false")
@@ -216,6 +216,7 @@ def parse_lb_entry(body: Any) -> tuple[LbRule, int, bool]:
         # the API shows is the same rule.
         inactive_timeout=sa.inactive_time_out or DEFAULT_TIMEOUTS[protocol],
         name=sa.name or "",
+        bgp=sa.bgp,
         # As in LoxiLB: naming a probe type other than none asks for monitoring
         monitor=sa.monitor or sa.probetype not in ("", "none"),
         managed=sa.managed,

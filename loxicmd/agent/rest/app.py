@@ -19,12 +19,14 @@ from loxicmd.api import paths, wire
 from loxicmd.api.wire import UINT32_MAX
 from loxicmd.names import API_BASE_PATH, CONNTRACK_STATES, PROTOCOLS
 
+from ..bgp.speaker import BgpSpeaker
 from ..conntrack.listing import FlowFilter, FlowListing
 from ..errors import ApiError, InvalidInput
 from ..ha.states import HaStates
 from ..health.endpoints import EndpointTable
 from ..lb.table import RuleTable
 from ..validate import one_of, query_int
+from .bgp import bgp_router
 from .config import SUCCESS, config_router, json_body
 
 log = logging.getLogger("loxilbd.api")
@@ -115,6 +117,7 @@ class AgentParts:
     flows: FlowListing
     endpoints: EndpointTable
     ha: HaStates
+    bgp: BgpSpeaker
     state_dir: str
     pin_dir: str
 
@@ -259,6 +262,7 @@ def create_app(parts: AgentParts, token: str | None = None) -> FastAPI:
                             for k, (p, b) in counters.items()]}
 
     app.include_router(config_router(parts.ha, parts.state_dir, parts.pin_dir))
+    app.include_router(bgp_router(parts.bgp))
     _document(app)
     return app
 

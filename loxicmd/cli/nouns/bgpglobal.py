@@ -15,6 +15,10 @@ LISTING = Listing(
     "bgpglobal", paths.BGP_GLOBAL, None,
     (Column("ROUTER ID", "routerId"), Column("LOCAL AS", "localAs"),
      Column("LISTEN PORT", "listenPort"), Column("NEXTHOP SELF", "SetNextHopSelf")),
+    wide=tuple(Column(header, lambda row, key=key: (row.get("speaker") or {}).get(key))
+               for header, key in (("SPEAKER", "state"), ("PID", "pid"),
+                                   ("RESTARTS", "restarts"), ("BACKUP", "backupPolicy"),
+                                   ("IMPORT", "importRoutes"))),
 )
 
 

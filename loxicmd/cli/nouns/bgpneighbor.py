@@ -17,7 +17,9 @@ LISTING = Listing(
     "bgpneighbor", paths.BGP_NEIGH_ALL, "bgpNeiAttr",
     (Column("PEER", "ipAddress"), Column("AS", "remoteAs"), Column("UP/DOWN", "updowntime"),
      Column("STATE", "state", state=True)),
-    wide=(Column("RECEIVED", "receivedPrefixes"), Column("ACCEPTED", "acceptedPrefixes")),
+    wide=(Column("LOCAL", "localAddress"), Column("HOLD", "holdTime"),
+          Column("SENT", "advertisedPrefixes"), Column("RECEIVED", "receivedPrefixes"),
+          Column("ACCEPTED", "acceptedPrefixes")),
     sort_key=lambda r: ip_key(r.get("ipAddress", "")),
 )
 

@@ -308,7 +308,8 @@ def get_lb(ctx: click.Context, serv_name: str | None) -> None:
 @click.option("--select", type=click.Choice(_SELS), default="rr", show_default=True,
               help=f"Endpoint selection ({_unsupported(UNSUPPORTED_SELECTIONS)}).")
 @click.option("--bgp", is_flag=True,
-              help=f"Advertise the address with BGP ({NOT_IN_LOXILBD}).")
+              help="Announce the address with BGP (while this node is MASTER of the rule's "
+                   "HA instance; see loxilbd --bgp-backup).")
 @click.option("--monitor", is_flag=True, help="Health-check the endpoints.")
 @click.option("--inatimeout", type=args.int_type("timeout", 0, 86400, "SECONDS"),
               help="Idle timeout of connections (agent default when omitted).")
