@@ -136,12 +136,15 @@ def test_9_json_is_the_agents_json(node: LbNode) -> None:
 
 
 def test_9_bgp_values_and_no_debug_on_stdout(node: LbNode) -> None:
-    # --remotePort above 255 and 4-byte ASNs pass the CLI's checks for create and delete:
-    # what comes back is the agent's answer (it has no BGP API yet), not a usage error
-    for argv in (["create", "bgpnei", "198.18.1.2", "4200000000", "--remotePort=1790"],
-                 ["delete", "bgpnei", "198.18.1.2", "4200000000"]):
-        cp = lx(node, *argv)
-        assert cp.returncode == 1 and "HTTP 404" in cp.stderr, cp.stderr
+    # --remotePort above 255 and 4-byte ASNs pass the CLI's checks for create and delete,
+    # and the agent keeps them as given
+    cp = lx(node, "create", "bgpnei", "198.18.1.2", "4200000000", "--remotePort=1790")
+    assert cp.returncode == 0, cp.stderr
+    status, body = node.api("GET", "/config/bgp/neigh/all")
+    assert status == 200 and [(n["remoteAs"], n["remotePort"]) for n in body["bgpNeiAttr"]] \
+        == [(4200000000, 1790)], body
+    cp = lx(node, "delete", "bgpnei", "198.18.1.2", "4200000000")
+    assert cp.returncode == 0, cp.stderr
     cp = lx(node, "create", "bgpnei", "198.18.1.2", "4294967296")
     assert cp.returncode == 2 and "4294967296" in cp.stderr
     # no `set login` (tokens come from --token/LOXICMD_TOKEN, no terminal needed);

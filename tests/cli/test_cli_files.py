@@ -329,8 +329,12 @@ def test_agent_errors_exit_1_with_message(node: LbNode) -> None:
     ok(node, "create", "lb", VIP, "--tcp=80:80", f"--endpoints={EP}:1")
     cp = lx(node, "create", "lb", VIP, "--tcp=80:80", f"--endpoints={EP}:1")
     assert cp.returncode == 1 and "HTTP 409" in cp.stderr, cp.stderr
-    cp = lx(node, "get", "bgpneighbor")
-    assert cp.returncode == 1 and "does not implement this API" in cp.stderr, cp.stderr
+    cp = lx(node, "delete", "bgpneighbor", "198.18.1.2", "65000")
+    assert cp.returncode == 1 and "HTTP 404): no BGP neighbor 198.18.1.2" in cp.stderr, \
+        cp.stderr
+    # a path an older agent does not serve is named as such
+    assert _error_message(404, "Not Found", "", {"result": "no such path /netlox/v1/x"}) == \
+        "no such path /netlox/v1/x (this agent does not implement this API)"
     # an answer that is not JSON is shown as it is
     assert _error_message(500, "Internal Server Error", "plain text failure\n", None) == \
         "plain text failure"

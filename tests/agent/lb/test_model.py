@@ -184,7 +184,6 @@ def test_oper_is_returned_as_given(oper: int) -> None:
      "2 (priority), 3 (persist), 4 (lc)"),
     ({"security": 1}, "serviceArguments.security",
      "1 (https) is not supported by this agent yet; supported: 0 (plain)"),
-    ({"bgp": True}, "serviceArguments.bgp", "is not supported by this agent yet; allowed: false"),
     ({"snat": True}, "serviceArguments.snat", "allowed: false"),
     ({"egress": True}, "serviceArguments.egress", "allowed: false"),
     ({"proxyprotocolv2": True}, "serviceArguments.proxyprotocolv2", "allowed: false"),
