@@ -54,10 +54,14 @@ def service(topo: HaTopology, vip: str, bgp: bool = True, name: str = "web") -> 
                           for ip in topo.backend_ips]}
 
 
+WORKDIRS: list[str] = []  # of the labs made: their agents' ExaBGPs run from there
+
+
 class BgpLab:
     def __init__(self, lab: Lab, topo: HaTopology,
                  agent_args: dict[str, tuple[str, ...]]) -> None:
         self.lab, self.topo = lab, topo
+        WORKDIRS.append(str(lab.workdir))
         gobgp_ns = lab.add_ns("gobgp")
         _plug(lab, gobgp_ns, "eth0", f"{GOBGP_IP}/24", topo.cswitch, "gobgp")
         self.agents = {name: LbNode(lab, ns, ["eth0", "eth1"], extra_args=agent_args[name])
@@ -276,9 +280,11 @@ def test_failover_moves_the_preferred_path(lab: Lab, bgp_topo: HaTopology) -> No
 
 def test_hundred_services_dead_peer_and_speaker_restart(lab: Lab, bgp_topo: HaTopology) -> None:
     """100 services added at once reach both peers without resetting either session; a
-    crashed ExaBGP is restarted and announces everything again; a restarted agent peers
-    again from its saved configuration; a hung peer (SIGSTOP) is noticed within the hold
-    time and the routes it gave are taken out of the routing table."""
+    crashed ExaBGP is restarted and announces everything again; a killed agent takes its
+    ExaBGP with it, and started again peers again from its saved configuration; a hung
+    peer (SIGSTOP) is noticed within the hold time and the routes it gave are taken out of
+    the routing table; while it is down, services and neighbors still change (ExaBGP
+    takes every reload) and it gets everything when it is back."""
     bl = BgpLab(lab, bgp_topo, {"lb1": ("--bgp-import",), "lb2": ()})
     bl.start(("lb1",))
     lb1 = bl.agents["lb1"]
@@ -313,9 +319,11 @@ def test_hundred_services_dead_peer_and_speaker_restart(lab: Lab, bgp_topo: HaTo
     wait_for(lambda: bird_count() == 100 and gobgp_count() == 100, timeout=30,
              what="100 routes announced again")
 
-    # the agent restarts: its configuration and rules are saved, it peers again
-    lb1.stop()
+    # the agent is killed: its ExaBGP ends with it (the peers drop its routes at once);
+    # started again, its configuration and rules are saved and it peers again
+    lb1.kill()
     wait_for(lambda: bird_count() == 0, timeout=15, what="lb1's routes gone with its agent")
+    wait_for(lambda: not speakers(), timeout=10, what="no ExaBGP left by the killed agent")
     lb1.start()
     bl.wait_established("lb1")
     wait_for(lambda: bird_count() == 100, timeout=30, what="100 routes after the restart")
@@ -336,24 +344,43 @@ def test_hundred_services_dead_peer_and_speaker_restart(lab: Lab, bgp_topo: HaTo
         assert noticed <= HOLD_TIME + 1.5, noticed
         assert bgp_topo.lb("lb1").ip("route", "show", IMPORTED).stdout.strip() == ""
         assert gobgp_count() == 100  # the other session is untouched
+        # while BIRD is down: 5 more services, gobgpd deleted (its session ends) and
+        # added again (it gets all 105)
+        more = [service(bgp_topo, f"198.18.101.{i}", name=f"s{i}") for i in range(101, 106)]
+        assert set(lb1.bulk_post("/config/loadbalancer", more)) == {200}
+        vips.update(f"198.18.101.{i}/32" for i in range(101, 106))
+        ok(lb1, "delete", "bgpneighbor", GOBGP_IP, str(LB_AS))
+        wait_for(lambda: not bl.gobgp.established(front("lb1")), timeout=15,
+                 what="gobgpd's session with lb1 closed while BIRD is down")
+        ok(lb1, "create", "bgpneighbor", GOBGP_IP, str(LB_AS))
+        wait_for(lambda: gobgp_count() == 105, timeout=30, what="105 routes at gobgpd")
     finally:
         bl.bird.resume()
     wait_for(lambda: bl.bird.established("lb1"), timeout=30, what="BIRD back")
+    wait_for(lambda: bird_count() == 105, timeout=30, what="105 routes at BIRD")
+    status, glob = lb1.api("GET", "/config/bgp/global")
+    assert glob["speaker"]["restarts"] == 0, glob  # every reload was taken
+
+
+def speakers() -> list[str]:
+    """ExaBGP processes and their bridges run by this module's labs' agents."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if (("exabgp" in cmdline or "loxicmd.agent.bgp.bridge" in cmdline)
+                and any(w in cmdline for w in WORKDIRS)):
+            out.append(pid)
+    return out
 
 
 @pytest.fixture(autouse=True)
 def _no_leftover_speakers() -> Iterator[None]:
-    """Every ExaBGP a test's agents started ends with them (PDEATHSIG, then stop)."""
+    """Every ExaBGP (and bridge) a test's agents started ends with them."""
     yield
-    def ours() -> list[str]:
-        out = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-                except OSError:
-                    continue
-                if b"exabgp" in cmd and any(b"loxilbd-bgp-" in c for c in cmd):
-                    out.append(pid)
-        return out
-    wait_for(lambda: not ours(), timeout=10, what="no ExaBGP left running")
+    wait_for(lambda: not speakers(), timeout=10, what="no ExaBGP left running")

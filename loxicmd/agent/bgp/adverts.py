@@ -110,11 +110,14 @@ def desired_routes(pairs: Iterable[tuple[str, str]], instances: dict[str, dict[s
     """prefix -> attributes: what `neighbor` should have from this node, whose address on
     the session is `local_address`. `instances` maps an HA instance to its entry
     (``state``, ``vip``). A VIP in several instances (rules of one VIP named for
-    different instances) takes the best role it has. Routes of the other family than the
-    session's need a next hop of theirs: the instance's VIP, else they are not sent."""
+    different instances) takes the best role it has. Only VIPs of the session's family
+    are sent (the session carries that family alone)."""
     ibgp = neighbor.remote_as == glob.local_as
     best: dict[str, tuple[tuple[int, int], str]] = {}
+    session_family = family_of(neighbor.address)
     for vip, instance in pairs:
+        if family_of(vip) != session_family:
+            continue
         entry = instances.get(instance, {"state": "NOT_DEFINED", "vip": ""})
         attrs = role_attributes(entry["state"], backup_policy)
         if attrs is None:
@@ -129,8 +132,6 @@ def desired_routes(pairs: Iterable[tuple[str, str]], instances: dict[str, dict[s
         if (not glob.nexthop_self and instance_vip
                 and family_of(prefix) == family_of(instance_vip)):
             next_hop = instance_vip
-        if family_of(next_hop) != family_of(prefix):
-            continue
         out[prefix] = Attributes(next_hop, med, local_pref if ibgp else None)
     return out
 

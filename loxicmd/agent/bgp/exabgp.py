@@ -66,11 +66,14 @@ class CommandRefused(SpeakerError):
     """ExaBGP answered ``error`` to a command."""
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child may only call it
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+
+
 def _die_with_parent() -> None:
     """In the child before exec: ExaBGP gets SIGTERM (and ends its sessions with a
     NOTIFICATION) when the agent's thread that started it dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _neighbor_block(n: Neighbor, config: BgpConfig, local_address: str | None,
@@ -119,22 +122,54 @@ def local_address_towards(peer: str) -> str | None:
     """This node's source address towards `peer` as its routing table chooses it (a UDP
     socket's connect sends nothing), or None without a route."""
     family = socket.AF_INET6 if ":" in peer else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect((peer, 179))
             return str(probe.getsockname()[0])
-        except OSError:
-            return None
+    except OSError:
+        return None
+
+
+def loaded_neighbors(shown: list[dict[str, Any]]) -> set[tuple[str, int, int, str, str]]:
+    """What ExaBGP has loaded, from ``show neighbor json``: per peer its address, its AS,
+    the local AS, the router id and the local address ("" when it discovers it)."""
+    out = set()
+    for entry in shown:
+        local, peer = entry.get("local") or {}, entry.get("peer") or {}
+        address = str(local.get("address") or "")
+        out.add((str(peer.get("address", "")), int(peer.get("as") or 0),
+                 int(local.get("as") or 0), str(local.get("id", "")),
+                 "" if address == "None" else address))
+    return out
+
+
+def expected_neighbors(config: BgpConfig, local_addresses: dict[str, str]
+                       ) -> set[tuple[str, int, int, str, str]]:
+    """What ExaBGP should have loaded for `config` (as :func:`loaded_neighbors` reads it)."""
+    glob = config.global_config
+    if glob is None:
+        return set()
+    return {(a, n.remote_as, glob.local_as, glob.router_id, local_addresses.get(a, ""))
+            for a, n in config.neighbors.items()}
 
 
 class ExaBgp:
     """An ExaBGP process and the agent's end of its process API."""
 
-    def __init__(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, run_dir: Path, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """`run_dir` (in the agent's state directory, so never shared with another agent)
+        holds the configuration and the API socket; it is emptied first (what a killed
+        agent's run left)."""
         self.on_event = on_event
-        self.dir = Path(tempfile.mkdtemp(prefix="loxilbd-bgp-"))  # 0700: only root gets in
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(mode=0o700, parents=True)
+        self.dir = run_dir
         self.config_path = self.dir / "exabgp.conf"
         self.socket_path = self.dir / "api.sock"
+        self._socket_dir: str | None = None
+        if len(str(self.socket_path)) > MAX_SOCKET_PATH:  # a deep state directory
+            self._socket_dir = tempfile.mkdtemp(prefix="loxilbd-bgp-")  # 0700
+            self.socket_path = Path(self._socket_dir) / "api.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self._conn: socket.socket | None = None
         self._answers: queue.Queue[str | None] = queue.Queue()
@@ -281,4 +316,7 @@ class ExaBgp:
                 thread.join(timeout=STOP_TIMEOUT_S)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)

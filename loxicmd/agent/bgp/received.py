@@ -1,7 +1,9 @@
 """Routes the peers announce: kept per peer from ExaBGP's UPDATE events and, when the agent
 is told to (``--bgp-import``), the best path of each prefix installed in the node's main
-routing table, under a protocol number of its own so that they are told apart from every
-other route and removed when the peer withdraws them, goes down, or the agent stops.
+routing table, under a protocol number and a metric of their own: told apart from every
+other route, never replacing one (the kernel matches a route by prefix and metric, so a
+connected or static route of the same prefix stays, and wins), and removed when the peer
+withdraws them, goes down, or the agent stops.
 
 Best path, as BGP decides between the paths of one prefix: highest local preference, then
 shortest AS path, lowest origin, lowest MED, then the lowest peer address. Prefixes this
@@ -23,6 +25,7 @@ log = logging.getLogger("loxilbd.bgp")
 # The routes' protocol in the kernel (`ip route ... proto 196`): a number no routing daemon
 # shipped with Debian uses (iproute2's rt_protos), so ours are never confused with theirs.
 ROUTE_PROTOCOL = 196
+ROUTE_METRIC = 196
 ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
 DEFAULT_LOCAL_PREF = 100
 
@@ -69,19 +72,31 @@ def _nlri(item: Any) -> str | None:
 class KernelRoutes:
     """The node's routing table, changed in batches through ``ip -batch``."""
 
-    def run(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        done = subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
+    @staticmethod
+    def _ip_batch(lines: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n",
                               capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            log.warning("installing BGP routes: %s", done.stderr.strip()[:500])
+
+    def run(self, lines: list[str]) -> set[int]:
+        """Carry out `lines` (``ip`` commands); the indexes of those that failed (when the
+        batch fails, each line is tried alone to know which)."""
+        if not lines or self._ip_batch(lines).returncode == 0:
+            return set()
+        failed = set()
+        for i, line in enumerate(lines):
+            done = self._ip_batch([line])
+            if done.returncode != 0:
+                failed.add(i)
+                log.warning("BGP route not installed: ip %s: %s", line,
+                            done.stderr.strip()[:200])
+        return failed
 
     def replace(self, prefix: str, next_hop: str) -> str:
-        return f"route replace {prefix} via {next_hop} proto {ROUTE_PROTOCOL}"
+        return (f"route replace {prefix} via {next_hop} proto {ROUTE_PROTOCOL} "
+                f"metric {ROUTE_METRIC}")
 
     def delete(self, prefix: str) -> str:
-        return f"route del {prefix} proto {ROUTE_PROTOCOL}"
+        return f"route del {prefix} proto {ROUTE_PROTOCOL} metric {ROUTE_METRIC}"
 
     def flush(self) -> None:
         for family in ("-4", "-6"):
@@ -141,24 +156,28 @@ class ReceivedRoutes:
             self._paths.clear()
             self._reselect(touched)
 
+    def reselect(self, prefixes: set[str]) -> None:
+        """Choose again for `prefixes` (the node's own VIPs changed)."""
+        with self._lock:
+            self._reselect(prefixes)
+
     def _reselect(self, prefixes: set[str]) -> None:
         if self.kernel is None or not prefixes:
             return
         own = self.own_prefixes()
-        lines: list[str] = []
+        changes: list[tuple[str, Path | None]] = []
         for prefix in sorted(prefixes):
             candidates = [paths[prefix] for paths in self._paths.values() if prefix in paths]
             best = min(candidates, key=Path.rank) if candidates and prefix not in own else None
-            current = self._installed.get(prefix)
-            if best == current:
-                continue
-            if best is None:
-                del self._installed[prefix]
-                lines.append(self.kernel.delete(prefix))
-            else:
+            if best != self._installed.get(prefix):
+                changes.append((prefix, best))
+        failed = self.kernel.run([self.kernel.replace(p, b.next_hop) if b else
+                                  self.kernel.delete(p) for p, b in changes])
+        for i, (prefix, best) in enumerate(changes):
+            if best is None:  # a route that could not be deleted is gone or not ours
+                self._installed.pop(prefix, None)
+            elif i not in failed:
                 self._installed[prefix] = best
-                lines.append(self.kernel.replace(prefix, best.next_hop))
-        self.kernel.run(lines)
 
     def counts(self, peer: str) -> tuple[int, int]:
         """(received, accepted): the prefixes the peer announces, and those of them whose

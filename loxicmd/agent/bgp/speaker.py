@@ -6,6 +6,12 @@ neighbour in line with the rules, the HA states and the configuration.
 Everything that changes (rules created with ``bgp``, HA states, neighbours, global
 settings) only wakes the worker; the worker alone talks to ExaBGP, one command at a time.
 It polls ExaBGP's neighbour table every POLL_S for the session states the API shows.
+
+Routes go only to established sessions. ExaBGP keeps a neighbour's adj-RIB-out across
+session flaps and sends it again when the session comes back, but it drops a ``reload``
+(without a word) while any peer has routes queued, and a peer that is down keeps them
+queued until it is up: so nothing is queued for one that is down, and every reload is
+checked against what ExaBGP shows it has loaded, and sent again until it is.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from .adverts import (
     host_prefix,
     route_commands,
 )
-from .exabgp import ExaBgp, SpeakerError, local_address_towards, render_config
+from .exabgp import (
+    ExaBgp,
+    SpeakerError,
+    expected_neighbors,
+    loaded_neighbors,
+    local_address_towards,
+    render_config,
+)
 from .received import KernelRoutes, ReceivedRoutes
 from .settings import BgpConfig, BgpSettings, GlobalConfig, Neighbor, parse_global, parse_neighbor
 
@@ -35,7 +48,8 @@ POLL_S = 1.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0  # a run this long resets the restart delay
-PEERS_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 15.0
+RELOAD_RETRY_S = 0.5
 DEFAULT_HOLD_TIME_S = 90
 IDLE = "IDLE"
 ESTABLISHED = "ESTABLISHED"
@@ -92,6 +106,7 @@ class BgpSpeaker:
         self.restarts = 0
         self.last_error = ""
         self.state = "stopped"
+        self.run_dir = Path(state_dir) / "exabgp"
 
     # -- life ----------------------------------------------------------------------
     def start(self) -> BgpSpeaker:
@@ -184,6 +199,7 @@ class BgpSpeaker:
                     self.received.peer_down(peer)
                 else:
                     log.info("BGP session with %s established", peer)
+                    self.wake()  # its routes can go now
         elif kind == "update":
             update = (neighbor.get("message") or {}).get("update")
             if isinstance(update, dict):
@@ -218,6 +234,10 @@ class BgpSpeaker:
                 self.restarts += 1
                 log.warning("BGP speaker failed (%s); restarting in %.0f s", exc, delay)
                 self._set("restarting", str(exc).splitlines()[0])
+            except Exception as exc:  # a bug or the system (files, sockets): never give up
+                self.restarts += 1
+                log.exception("BGP speaker failed; restarting in %.0f s", delay)
+                self._set("restarting", f"{type(exc).__name__}: {exc}")
             if time.monotonic() - started > STABLE_S:
                 delay = BACKOFF_MIN_S
             with self._cond:
@@ -229,7 +249,7 @@ class BgpSpeaker:
     def _session(self, config: BgpConfig) -> None:
         """One run of ExaBGP, until it fails, the agent stops, or the configuration needs
         a new run (a new listen port) or none (no neighbours left)."""
-        exa = ExaBgp(on_event=self._on_event)
+        exa = ExaBgp(self.run_dir, on_event=self._on_event)
         self._set("starting")
         with self._lock:
             self._exa = exa
@@ -242,11 +262,12 @@ class BgpSpeaker:
                       glob.listen_port)
             log.info("BGP speaker started (ExaBGP pid %d): %d neighbor(s)", exa.pid,
                      len(config.neighbors))
-            self._await_peers(exa, config)
+            self._await_loaded(exa, config, local, reload_text=None)
             self._set("running", "")
             running = config
             sent = {address: {} for address in config.neighbors}
             last_poll = 0.0
+            own = self.vips.vips()
             while not self._stopping:
                 config = self.settings.config
                 if not config.complete or (config.global_config is not None
@@ -258,6 +279,10 @@ class BgpSpeaker:
                     self._reconfigure(exa, running, local, config, now_local, sent)
                     running, local = config, now_local
                 self._announce(exa, config, local, sent)
+                now_own = self.vips.vips()
+                if now_own != own:  # a VIP a peer announces is ours now, or no longer
+                    self.received.reselect({host_prefix(v) for v in now_own ^ own})
+                    own = now_own
                 if time.monotonic() - last_poll >= POLL_S:
                     self._poll(exa, config)
                     last_poll = time.monotonic()
@@ -269,17 +294,25 @@ class BgpSpeaker:
                 self._peers.clear()
             self.received.clear()
 
-    def _await_peers(self, exa: ExaBgp, config: BgpConfig) -> None:
-        """Wait until ExaBGP has a peer for every configured neighbour: routes sent for a
-        neighbour it does not know yet would be refused."""
-        deadline = time.monotonic() + PEERS_TIMEOUT_S
-        want = set(config.neighbors)
+    def _await_loaded(self, exa: ExaBgp, config: BgpConfig, local: dict[str, str],
+                      reload_text: str | None) -> None:
+        """Wait until ExaBGP has loaded exactly `config`'s neighbours (routes for one it
+        does not have would be refused; one it still has would keep its session). A reload
+        ExaBGP dropped is sent again (`reload_text`: the configuration it is for)."""
+        deadline = time.monotonic() + RELOAD_TIMEOUT_S
+        retry = time.monotonic() + RELOAD_RETRY_S
+        want = expected_neighbors(config, local)
         while True:
-            have = {str((p.get("peer") or {}).get("address", "")) for p in exa.neighbors()}
-            if want <= have:
+            have = loaded_neighbors(exa.neighbors())
+            if have == want:
                 return
-            if time.monotonic() > deadline:
-                raise SpeakerError(f"ExaBGP did not take neighbor(s) {sorted(want - have)}")
+            now = time.monotonic()
+            if now > deadline:
+                raise SpeakerError(f"ExaBGP did not load its neighbors: it has "
+                                   f"{sorted(have - want)} and lacks {sorted(want - have)}")
+            if reload_text is not None and now > retry:
+                exa.reload(reload_text)
+                retry = now + RELOAD_RETRY_S
             time.sleep(0.05)
 
     @staticmethod
@@ -293,8 +326,9 @@ class BgpSpeaker:
         """Reload ExaBGP on `config`. A neighbour that is new or changed (or every one, when
         the router id or AS changed) starts from an empty adj-RIB-out: ExaBGP keeps one
         per neighbour across a reload, which may hold routes of an earlier definition."""
-        exa.reload(render_config(config, local, exa.bridge_argv, self.hold_time))
-        self._await_peers(exa, config)
+        text = render_config(config, local, exa.bridge_argv, self.hold_time)
+        exa.reload(text)
+        self._await_loaded(exa, config, local, reload_text=text)
         same_global = _session_global(running.global_config) == _session_global(
             config.global_config)
         for address in list(sent):
@@ -310,14 +344,16 @@ class BgpSpeaker:
 
     def _announce(self, exa: ExaBgp, config: BgpConfig, local: dict[str, str],
                   sent: dict[str, dict[str, Attributes]]) -> None:
-        """Bring each neighbour's routes in line; one this node has no route to has no
-        session and no next hop: it gets its routes once it has."""
+        """Bring each established neighbour's routes in line (the others get theirs when
+        their session comes up)."""
         glob = config.global_config
         assert glob is not None
         pairs = self.vips.pairs()
         instances = self.ha.entries()
+        with self._lock:
+            established = {a for a, st in self._peers.items() if st.state == ESTABLISHED}
         for address, neighbor in config.neighbors.items():
-            if address not in local:
+            if address not in local or address not in established:
                 continue
             out = sent.setdefault(address, {})
             want = desired_routes(pairs, instances, glob, neighbor, local[address],

@@ -61,14 +61,16 @@ def test_next_hop_self_or_the_instance_vip() -> None:
         == LOCAL
 
 
-def test_a_vip_of_two_instances_takes_the_better_role_and_v6_needs_a_v6_next_hop() -> None:
+def test_a_vip_of_two_instances_takes_the_better_role_and_families_stay_apart() -> None:
     pairs = [("198.18.100.1", "a"), ("198.18.100.1", "b"), ("2001:db8::5", "a")]
-    instances = {"a": {"state": "BACKUP", "vip": ""}, "b": {"state": "MASTER", "vip": ""}}
-    got = desired_routes(pairs, instances, SELF, EBGP, LOCAL, "worse")
-    assert got == {"198.18.100.1/32": Attributes(LOCAL, 10, None)}  # v6 VIP: no v6 next hop
-    instances["a"]["vip"] = "2001:db8::1"
+    instances = {"a": {"state": "BACKUP", "vip": "2001:db8::1"},
+                 "b": {"state": "MASTER", "vip": ""}}
+    # an IPv4 session carries IPv4 routes only, whatever next hop a v6 VIP could have
     got = desired_routes(pairs, instances, NO_SELF, EBGP, LOCAL, "worse")
-    assert got["2001:db8::5/128"] == Attributes("2001:db8::1", 20, None)
+    assert got == {"198.18.100.1/32": Attributes(LOCAL, 10, None)}
+    v6_peer = Neighbor("2001:db8::10", 64512)
+    got = desired_routes(pairs, instances, NO_SELF, v6_peer, "2001:db8::2", "worse")
+    assert got == {"2001:db8::5/128": Attributes("2001:db8::1", 20, None)}
 
 
 def test_route_commands_withdraw_first_then_group_by_attributes() -> None:

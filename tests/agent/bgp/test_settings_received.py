@@ -81,8 +81,9 @@ class RecordedKernel(KernelRoutes):
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def run(self, lines: list[str]) -> None:
+    def run(self, lines: list[str]) -> set[int]:
         self.lines += lines
+        return set()
 
     def flush(self) -> None:
         self.lines.append("flush")
@@ -109,22 +110,22 @@ def test_best_paths_go_to_the_kernel() -> None:
     assert kernel.lines == ["flush"]  # what a previous run left goes first
     received.update("198.18.1.10", update("198.18.1.10", ["198.18.60.0/24", "198.18.100.1/32"],
                                           **{"as-path": segments(64512, 64513)}))
-    assert kernel.lines[1:] == ["route replace 198.18.60.0/24 via 198.18.1.10 proto 196"]
+    assert kernel.lines[1:] == ["route replace 198.18.60.0/24 via 198.18.1.10 proto 196 metric 196"]
     # a shorter AS path from another peer wins; then a higher local preference wins back
     received.update("198.18.1.20", update("198.18.1.20", ["198.18.60.0/24"],
                                           **{"as-path": segments(64512)}))
-    assert kernel.lines[-1] == "route replace 198.18.60.0/24 via 198.18.1.20 proto 196"
+    assert kernel.lines[-1] == "route replace 198.18.60.0/24 via 198.18.1.20 proto 196 metric 196"
     received.update("198.18.1.10", update("198.18.1.10", ["198.18.60.0/24"],
                                           **{"as-path": segments(64512, 64513),
                                              "local-preference": 200}))
-    assert kernel.lines[-1] == "route replace 198.18.60.0/24 via 198.18.1.10 proto 196"
+    assert kernel.lines[-1] == "route replace 198.18.60.0/24 via 198.18.1.10 proto 196 metric 196"
     assert received.counts("198.18.1.10") == (2, 1)  # its VIP route is never installed
     assert received.counts("198.18.1.20") == (1, 0)
     # the best peer goes down: the other path takes over; withdrawn: the route goes
     received.peer_down("198.18.1.10")
-    assert kernel.lines[-1] == "route replace 198.18.60.0/24 via 198.18.1.20 proto 196"
+    assert kernel.lines[-1] == "route replace 198.18.60.0/24 via 198.18.1.20 proto 196 metric 196"
     received.update("198.18.1.20", update("198.18.1.20", [], withdraw=["198.18.60.0/24"]))
-    assert kernel.lines[-1] == "route del 198.18.60.0/24 proto 196"
+    assert kernel.lines[-1] == "route del 198.18.60.0/24 proto 196 metric 196"
     assert received.counts("198.18.1.20") == (0, 0)
 
 
