@@ -11,7 +11,12 @@ import threading
 from pathlib import Path
 
 from loxicmd.agent.bgp.bridge import relay
-from loxicmd.agent.bgp.exabgp import local_address_towards, render_config
+from loxicmd.agent.bgp.exabgp import (
+    expected_neighbors,
+    loaded_neighbors,
+    local_address_towards,
+    render_config,
+)
 from loxicmd.agent.bgp.settings import BgpConfig, GlobalConfig, Neighbor
 from loxicmd.agent.bgp.speaker import updown
 
@@ -69,3 +74,25 @@ def test_updown_time_as_loxilb_shows_it() -> None:
     assert updown(None, 100.0) == "never"
     assert updown(100.0, 100.0 + 3723) == "01:02:03"
     assert updown(100.0, 100.0 + 2 * 86400 + 61) == "2d 00:01:01"
+
+
+def test_a_reload_is_taken_when_exabgp_shows_exactly_the_neighbors() -> None:
+    """``show neighbor json`` as ExaBGP 5 writes it (trimmed to what is read)."""
+    def shown(peer: str, peer_as: int, local: str) -> dict:
+        return {"fsm": "ESTABLISHED", "local": {"address": local, "as": 64601,
+                                                "id": "198.18.1.2", "hold": 90},
+                "peer": {"address": peer, "as": peer_as, "id": peer, "hold": 6}}
+    config = BgpConfig(GlobalConfig("198.18.1.2", 64601), {
+        "198.18.1.10": Neighbor("198.18.1.10", 64512),
+        "198.18.1.20": Neighbor("198.18.1.20", 64601)})
+    local = {"198.18.1.10": "198.18.1.2"}
+    want = expected_neighbors(config, local)
+    assert loaded_neighbors([shown("198.18.1.10", 64512, "198.18.1.2"),
+                             shown("198.18.1.20", 64601, "None")]) == want
+    # a neighbor still there, one missing, or one of an earlier AS: not taken yet
+    assert loaded_neighbors([shown("198.18.1.10", 64512, "198.18.1.2")]) != want
+    assert loaded_neighbors([shown("198.18.1.10", 64512, "198.18.1.2"),
+                             shown("198.18.1.20", 64601, "None"),
+                             shown("198.18.1.30", 1, "None")]) != want
+    assert loaded_neighbors([shown("198.18.1.10", 65000, "198.18.1.2"),
+                             shown("198.18.1.20", 64601, "None")]) != want
