@@ -358,6 +358,18 @@ def test_hundred_services_dead_peer_and_speaker_restart(lab: Lab, bgp_topo: HaTo
         bl.bird.resume()
     wait_for(lambda: bl.bird.established("lb1"), timeout=30, what="BIRD back")
     wait_for(lambda: bird_count() == 105, timeout=30, what="105 routes at BIRD")
+    # BIRD's neighbor changed in what ExaBGP does not know peers by (multi-hop), deleted
+    # and created back to back: its session starts again and gets everything
+    since = bl.bird.protocol("lb1")["since"]
+    status, _ = lb1.api("DELETE", f"/config/bgp/neigh/{bgp_topo.client_ip}?remoteAs={BIRD_AS}")
+    assert status == 200
+    status, _ = lb1.api("POST", "/config/bgp/neigh", {
+        "ipAddress": bgp_topo.client_ip, "remoteAs": BIRD_AS, "setMultiHop": True})
+    assert status == 200
+    wait_for(lambda: bl.bird.protocol("lb1")["since"] != since and bird_count() == 105,
+             timeout=30, what="BIRD's session again, with 105 routes")
+    assert bl.neighbors("lb1")[bgp_topo.client_ip]["setMultiHop"] is True
+    assert gobgp_count() == 105
     status, glob = lb1.api("GET", "/config/bgp/global")
     assert glob["speaker"]["restarts"] == 0, glob  # every reload was taken
 

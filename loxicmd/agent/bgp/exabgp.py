@@ -130,27 +130,39 @@ def local_address_towards(peer: str) -> str | None:
         return None
 
 
-def loaded_neighbors(shown: list[dict[str, Any]]) -> set[tuple[str, int, int, str, str]]:
-    """What ExaBGP has loaded, from ``show neighbor json``: per peer its address, its AS,
-    the local AS, the router id and the local address ("" when it discovers it)."""
-    out = set()
+Identity = tuple[int, int, str, str]  # peer AS, local AS, router id, local address
+
+
+def loaded_neighbors(shown: list[dict[str, Any]]) -> dict[str, Identity]:
+    """What ExaBGP has loaded, from ``show neighbor json``: by peer address, its AS, the
+    local AS, the router id and the local address ("" when it discovers it)."""
+    out = {}
     for entry in shown:
         local, peer = entry.get("local") or {}, entry.get("peer") or {}
         address = str(local.get("address") or "")
-        out.add((str(peer.get("address", "")), int(peer.get("as") or 0),
-                 int(local.get("as") or 0), str(local.get("id", "")),
-                 "" if address == "None" else address))
+        out[str(peer.get("address", ""))] = (
+            int(peer.get("as") or 0), int(local.get("as") or 0), str(local.get("id", "")),
+            "" if address == "None" else address)
     return out
 
 
 def expected_neighbors(config: BgpConfig, local_addresses: dict[str, str]
-                       ) -> set[tuple[str, int, int, str, str]]:
+                       ) -> dict[str, Identity]:
     """What ExaBGP should have loaded for `config` (as :func:`loaded_neighbors` reads it)."""
     glob = config.global_config
     if glob is None:
-        return set()
-    return {(a, n.remote_as, glob.local_as, glob.router_id, local_addresses.get(a, ""))
+        return {}
+    return {a: (n.remote_as, glob.local_as, glob.router_id, local_addresses.get(a, ""))
             for a, n in config.neighbors.items()}
+
+
+def loaded_as_expected(have: dict[str, Identity], want: dict[str, Identity]) -> bool:
+    """The same peers with the same identities; a local address left to ExaBGP ("") is
+    whatever it found."""
+    if have.keys() != want.keys():
+        return False
+    return all(have[a][:3] == w[:3] and (not w[3] or have[a][3] == w[3])
+               for a, w in want.items())
 
 
 class ExaBgp:

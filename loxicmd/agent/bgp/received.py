@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import subprocess
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ log = logging.getLogger("loxilbd.bgp")
 # shipped with Debian uses (iproute2's rt_protos), so ours are never confused with theirs.
 ROUTE_PROTOCOL = 196
 ROUTE_METRIC = 196
+FAILED_LINE = re.compile(r"Command failed -:(\d+)")
 ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
 DEFAULT_LOCAL_PREF = 100
 
@@ -72,23 +74,20 @@ def _nlri(item: Any) -> str | None:
 class KernelRoutes:
     """The node's routing table, changed in batches through ``ip -batch``."""
 
-    @staticmethod
-    def _ip_batch(lines: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n",
-                              capture_output=True, text=True, check=False)
-
     def run(self, lines: list[str]) -> set[int]:
-        """Carry out `lines` (``ip`` commands); the indexes of those that failed (when the
-        batch fails, each line is tried alone to know which)."""
-        if not lines or self._ip_batch(lines).returncode == 0:
+        """Carry out `lines` (``ip`` commands) in one process that goes on past a failing
+        line; the indexes of those that failed (it names them ``Command failed -:N``)."""
+        if not lines:
             return set()
-        failed = set()
-        for i, line in enumerate(lines):
-            done = self._ip_batch([line])
-            if done.returncode != 0:
-                failed.add(i)
-                log.warning("BGP route not installed: ip %s: %s", line,
-                            done.stderr.strip()[:200])
+        done = subprocess.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n",
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0:
+            return set()
+        failed = {int(n) - 1 for n in FAILED_LINE.findall(done.stderr)}
+        if not failed:  # not its usual words: count every line as failed
+            failed = set(range(len(lines)))
+        log.warning("BGP routes not installed (%d of %d; retried): %s", len(failed),
+                    len(lines), done.stderr.strip()[:300])
         return failed
 
     def replace(self, prefix: str, next_hop: str) -> str:
@@ -114,6 +113,7 @@ class ReceivedRoutes:
         self._lock = threading.Lock()
         self._paths: dict[str, dict[str, Path]] = {}  # peer -> prefix -> path
         self._installed: dict[str, Path] = {}  # prefix -> the path in the kernel
+        self._failed: set[str] = set()  # prefixes the kernel refused: tried again later
         if kernel is not None:
             kernel.flush()  # what a previous run left
 
@@ -161,6 +161,12 @@ class ReceivedRoutes:
         with self._lock:
             self._reselect(prefixes)
 
+    def retry(self) -> None:
+        """Try again the routes the kernel refused (a next hop not reachable yet)."""
+        with self._lock:
+            failed, self._failed = self._failed, set()
+            self._reselect(failed)
+
     def _reselect(self, prefixes: set[str]) -> None:
         if self.kernel is None or not prefixes:
             return
@@ -178,6 +184,9 @@ class ReceivedRoutes:
                 self._installed.pop(prefix, None)
             elif i not in failed:
                 self._installed[prefix] = best
+            else:
+                self._installed.pop(prefix, None)  # whatever was there, replace failed
+                self._failed.add(prefix)
 
     def counts(self, peer: str) -> tuple[int, int]:
         """(received, accepted): the prefixes the peer announces, and those of them whose

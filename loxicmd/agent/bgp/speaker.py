@@ -35,12 +35,13 @@ from .exabgp import (
     ExaBgp,
     SpeakerError,
     expected_neighbors,
+    loaded_as_expected,
     loaded_neighbors,
     local_address_towards,
     render_config,
 )
 from .received import KernelRoutes, ReceivedRoutes
-from .settings import BgpConfig, BgpSettings, GlobalConfig, Neighbor, parse_global, parse_neighbor
+from .settings import BgpConfig, BgpSettings, Neighbor, parse_global, parse_neighbor
 
 log = logging.getLogger("loxilbd.bgp")
 
@@ -74,6 +75,7 @@ class PeerStatus:
     local_address: str = ""
     hold_time: int | None = None  # negotiated
     advertised: int = 0
+    events: int = 0  # up/down events seen: a poll begun before one must not undo it
 
     def moved(self, established: bool, now: float, duration: int = 0) -> None:
         was = self.state == ESTABLISHED
@@ -193,6 +195,7 @@ class BgpSpeaker:
                     status = self._peers.setdefault(peer, PeerStatus())
                     status.moved(state == "up", time.time())
                     status.state = ESTABLISHED if state == "up" else IDLE
+                    status.events += 1
                 if state == "down":
                     log.info("BGP session with %s down: %s", peer,
                              neighbor.get("reason", "no reason given"))
@@ -285,6 +288,7 @@ class BgpSpeaker:
                     own = now_own
                 if time.monotonic() - last_poll >= POLL_S:
                     self._poll(exa, config)
+                    self.received.retry()
                     last_poll = time.monotonic()
                 self._wait(POLL_S)
         finally:
@@ -304,12 +308,13 @@ class BgpSpeaker:
         want = expected_neighbors(config, local)
         while True:
             have = loaded_neighbors(exa.neighbors())
-            if have == want:
+            if loaded_as_expected(have, want):
                 return
             now = time.monotonic()
             if now > deadline:
-                raise SpeakerError(f"ExaBGP did not load its neighbors: it has "
-                                   f"{sorted(have - want)} and lacks {sorted(want - have)}")
+                raise SpeakerError(f"ExaBGP did not load its neighbors within "
+                                   f"{RELOAD_TIMEOUT_S:.0f} s: it shows {have}, the "
+                                   f"configuration says {want}")
             if reload_text is not None and now > retry:
                 exa.reload(reload_text)
                 retry = now + RELOAD_RETRY_S
@@ -323,23 +328,30 @@ class BgpSpeaker:
     def _reconfigure(self, exa: ExaBgp, running: BgpConfig, running_local: dict[str, str],
                      config: BgpConfig, local: dict[str, str],
                      sent: dict[str, dict[str, Attributes]]) -> None:
-        """Reload ExaBGP on `config`. A neighbour that is new or changed (or every one, when
-        the router id or AS changed) starts from an empty adj-RIB-out: ExaBGP keeps one
-        per neighbour across a reload, which may hold routes of an earlier definition."""
+        """Reload ExaBGP on `config`. Every neighbour that is new or changed starts with
+        nothing sent. ExaBGP knows a peer by its address, ASes, router id and local address
+        and keeps its adj-RIB-out while these stay; it drops it when the peer is removed. So
+        a neighbour changed in what is not part of that identity (its port, multi-hop) is
+        first reloaded away, then back: it reconnects with an empty adj-RIB-out."""
+        old = expected_neighbors(running, running_local)
+        new = expected_neighbors(config, local)
+        changed = {a for a, n in config.neighbors.items()
+                   if a not in running.neighbors or running.neighbors[a] != n
+                   or old.get(a) != new.get(a)}
+        same_identity = {a for a in changed if a in old and old[a] == new[a]}
+        if same_identity:
+            without = BgpConfig(config.global_config,
+                                {a: n for a, n in config.neighbors.items()
+                                 if a not in same_identity})
+            text = render_config(without, local, exa.bridge_argv, self.hold_time)
+            exa.reload(text)
+            self._await_loaded(exa, without, local, reload_text=text)
         text = render_config(config, local, exa.bridge_argv, self.hold_time)
         exa.reload(text)
         self._await_loaded(exa, config, local, reload_text=text)
-        same_global = _session_global(running.global_config) == _session_global(
-            config.global_config)
         for address in list(sent):
-            if address not in config.neighbors:
+            if address not in config.neighbors or address in changed:
                 del sent[address]
-        for address, neighbor in config.neighbors.items():
-            if (same_global and running.neighbors.get(address) == neighbor
-                    and running_local.get(address) == local.get(address)):
-                continue
-            exa.command(f"neighbor {address} clear adj-rib out")
-            sent[address] = {}
         log.info("BGP speaker reloaded: %d neighbor(s)", len(config.neighbors))
 
     def _announce(self, exa: ExaBgp, config: BgpConfig, local: dict[str, str],
@@ -350,15 +362,15 @@ class BgpSpeaker:
         assert glob is not None
         pairs = self.vips.pairs()
         instances = self.ha.entries()
-        with self._lock:
-            established = {a for a, st in self._peers.items() if st.state == ESTABLISHED}
         for address, neighbor in config.neighbors.items():
-            if address not in local or address not in established:
+            if address not in local or not self._established(address):
                 continue
             out = sent.setdefault(address, {})
             want = desired_routes(pairs, instances, glob, neighbor, local[address],
                                   self.backup_policy)
             for command, change in route_commands(address, out, want):
+                if not self._established(address):  # it went down: nothing to queue
+                    break
                 exa.command(command)
                 for prefix, attrs in change.items():
                     if attrs is None:
@@ -368,15 +380,22 @@ class BgpSpeaker:
             with self._lock:
                 self._peers.setdefault(address, PeerStatus()).advertised = len(out)
 
+    def _established(self, address: str) -> bool:
+        with self._lock:
+            status = self._peers.get(address)
+            return status is not None and status.state == ESTABLISHED
+
     def _poll(self, exa: ExaBgp, config: BgpConfig) -> None:
-        now = time.time()
+        with self._lock:
+            seen = {a: st.events for a, st in self._peers.items()}
         shown = {str((p.get("peer") or {}).get("address", "")): p for p in exa.neighbors()}
+        now = time.time()
         with self._lock:
             for address in config.neighbors:
                 entry = shown.get(address)
-                if entry is None:
-                    continue
                 status = self._peers.setdefault(address, PeerStatus())
+                if entry is None or status.events != seen.get(address, 0):
+                    continue  # an up/down event came in meanwhile: it is newer
                 fsm = str(entry.get("fsm", IDLE)).upper()
                 status.moved(fsm == ESTABLISHED, now, int(entry.get("duration") or 0))
                 status.state = fsm
@@ -390,8 +409,3 @@ class BgpSpeaker:
                 holds = [h for h in (local.get("hold"), peer.get("hold")) if isinstance(h, int)]
                 status.hold_time = min(holds) if fsm == ESTABLISHED and len(holds) == 2 \
                     else None
-
-
-def _session_global(glob: GlobalConfig | None) -> tuple[str, int] | None:
-    """What of the global settings is part of every neighbour's session."""
-    return (glob.router_id, glob.local_as) if glob else None

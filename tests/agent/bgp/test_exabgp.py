@@ -13,6 +13,7 @@ from pathlib import Path
 from loxicmd.agent.bgp.bridge import relay
 from loxicmd.agent.bgp.exabgp import (
     expected_neighbors,
+    loaded_as_expected,
     loaded_neighbors,
     local_address_towards,
     render_config,
@@ -87,12 +88,15 @@ def test_a_reload_is_taken_when_exabgp_shows_exactly_the_neighbors() -> None:
         "198.18.1.20": Neighbor("198.18.1.20", 64601)})
     local = {"198.18.1.10": "198.18.1.2"}
     want = expected_neighbors(config, local)
-    assert loaded_neighbors([shown("198.18.1.10", 64512, "198.18.1.2"),
-                             shown("198.18.1.20", 64601, "None")]) == want
-    # a neighbor still there, one missing, or one of an earlier AS: not taken yet
-    assert loaded_neighbors([shown("198.18.1.10", 64512, "198.18.1.2")]) != want
-    assert loaded_neighbors([shown("198.18.1.10", 64512, "198.18.1.2"),
-                             shown("198.18.1.20", 64601, "None"),
-                             shown("198.18.1.30", 1, "None")]) != want
-    assert loaded_neighbors([shown("198.18.1.10", 65000, "198.18.1.2"),
-                             shown("198.18.1.20", 64601, "None")]) != want
+
+    def taken(*entries: dict) -> bool:
+        return loaded_as_expected(loaded_neighbors(list(entries)), want)
+    a, b = shown("198.18.1.10", 64512, "198.18.1.2"), shown("198.18.1.20", 64601, "None")
+    assert taken(a, b)
+    # a local address left to ExaBGP is whatever it discovered
+    assert taken(a, shown("198.18.1.20", 64601, "198.18.1.2"))
+    # a neighbor missing or still there, one of an earlier AS or local address: not yet
+    assert not taken(a)
+    assert not taken(a, b, shown("198.18.1.30", 1, "None"))
+    assert not taken(shown("198.18.1.10", 65000, "198.18.1.2"), b)
+    assert not taken(shown("198.18.1.10", 64512, "198.18.9.9"), b)
