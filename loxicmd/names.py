@@ -91,6 +91,13 @@ DP_STAT_WORDS: dict[str, str] = {
 # treats an error saying "exist" as done; `apply` reports such a rule as unchanged).
 RULE_UNCHANGED = "already exists with the same options and endpoints"
 
+# Defaults of a rule the API documents (what the agent shows for a field not given).
+DEFAULT_TIMEOUTS = {"tcp": 240, "udp": 20, "sctp": 240, "icmp": 20}
+# LoxiLB's: a rule's probeTimeout and an endpoint's probeDuration are the probe period;
+# retries are the failures before an endpoint is down.
+DEFAULT_PROBE_PERIOD_S = 60
+DEFAULT_PROBE_RETRIES = 2
+
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 11111
 API_BASE_PATH = "/netlox/v1"

@@ -6,8 +6,11 @@ a Service's status, events), over real HTTP, so that the controller runs with th
 - Lists answer ``{"kind": "ServiceList", "metadata": {"resourceVersion"}, "items"}`` (items
   without kind, as the API server writes them).
 - ``?watch=true&resourceVersion=N`` streams (chunked) one JSON event per line, every change
-  after N, then waits for more until ``timeoutSeconds``; a version older than the last
-  compaction gets the API's ERROR event with a 410 Status, as etcd's compaction does.
+  after N, then waits for more until ``timeoutSeconds``, with a BOOKMARK (the present
+  version) after each idle second when ``allowWatchBookmarks``; a version older than the
+  last compaction gets the API's ERROR event with a 410 Status, as etcd's compaction does.
+- Status patches are JSON merge or strategic merge patches (the same for what is patched
+  here: a list is replaced whole); one that changes nothing keeps the resourceVersion.
 - Every change bumps one resourceVersion counter, written into the object's metadata.
 - ``compact()`` forgets the history up to and including the present version (as a
   compaction after one more write would) and ends every open watch: the clients come back
@@ -180,9 +183,9 @@ class ApiServer:
             return {"kind": f"{kind}List", "apiVersion": api_version,
                     "metadata": {"resourceVersion": str(self.version)}, "items": items}
 
-    def watch_events(self, path: str, since: int, timeout: float,
-                     write: Any) -> None:
-        kind = KINDS[path][0]
+    def watch_events(self, path: str, since: int, timeout: float, write: Any,
+                     bookmarks: bool = False) -> None:
+        kind, api_version, _ = KINDS[path]
         deadline = time.monotonic() + timeout
         with self._lock:
             generation = self.generation
@@ -202,8 +205,13 @@ class ApiServer:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return
-                    self._lock.wait(min(left, 1.0))
-                    continue
+                    if not self._lock.wait(min(left, 1.0)) and bookmarks:
+                        sent = max(sent, self.version)
+                        batch = [(sent, "BOOKMARK", {"kind": kind, "apiVersion": api_version,
+                                                     "metadata": {"resourceVersion":
+                                                                  str(sent)}})]
+                    else:
+                        continue
             for version, kind_of_event, obj in batch:
                 write({"type": kind_of_event, "object": obj})
                 sent = version
@@ -251,7 +259,8 @@ def _handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
             try:
                 api.watch_events(url.path, int(query.get("resourceVersion") or 0),
-                                 float(query.get("timeoutSeconds") or 60), write)
+                                 float(query.get("timeoutSeconds") or 60), write,
+                                 query.get("allowWatchBookmarks", "").lower() == "true")
                 self.wfile.write(b"0\r\n\r\n")
             except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 pass
@@ -270,6 +279,12 @@ def _handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                     or parts[4] != "services" or parts[6] != "status":
                 self._status(404, "NotFound", f"the server could not find {self.path}")
                 return
+            kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            if kind not in ("application/merge-patch+json",
+                            "application/strategic-merge-patch+json"):
+                self._status(415, "UnsupportedMediaType",
+                             f"the body of the request was in an unknown format ({kind})")
+                return
             key = ("Service", parts[3], parts[5])
             with api._lock:
                 obj = api.objects.get(key)
@@ -278,7 +293,8 @@ def _handler(api: ApiServer) -> type[BaseHTTPRequestHandler]:
                     return
                 patched = merge_patch(obj, {"status": (body or {}).get("status")})
                 api.patches.append((self.path, body))
-                api._store(key, patched, "MODIFIED")
+                if patched != obj:
+                    api._store(key, patched, "MODIFIED")
                 answer = copy.deepcopy(patched)
             self._send(200, answer)
 

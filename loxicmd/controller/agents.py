@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from loxicmd.api import paths
 from loxicmd.api.client import AgentError, AgentRefused, Client
+from loxicmd.names import RULE_UNCHANGED
 
 from .service import differs, owned_name, rule_identity
 
@@ -70,10 +71,10 @@ class Agents:
             have = shown.get(identity)
             if have is not None:
                 have_sa = have.get("serviceArguments") or {}
-                if not (owned_name(str(have_sa.get("name", ""))) and have_sa.get("managed")):
+                if have_sa.get("name") != name:  # an operator's, or another Service's
                     failures.append(Failure(client.address, name, (
                         f"{identity[0]}:{identity[1]}/{identity[2]} is held by rule "
-                        f"{have_sa.get('name')!r}, not made by this controller")))
+                        f"{have_sa.get('name')!r}")))
                     continue
                 if not differs(want, have):
                     continue
@@ -82,7 +83,7 @@ class Agents:
                 log.info("%s: %s %s (%s:%d/%s)", client.address,
                          "updated" if have else "created", name, *identity)
             except AgentRefused as exc:
-                if exc.status != 409:  # 409: it already is so
+                if not (exc.status == 409 and RULE_UNCHANGED in exc.message):  # it is so
                     failures.append(Failure(client.address, name, exc.message))
         for identity, have in shown.items():
             sa = have.get("serviceArguments") or {}

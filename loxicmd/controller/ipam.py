@@ -25,10 +25,14 @@ def parse_cidrs(text: str) -> list[IpNetwork]:
         if not part:
             continue
         try:
-            nets.append(ipaddress.ip_network(part, strict=True))
+            net = ipaddress.ip_network(part, strict=True)
         except ValueError as exc:
             raise ValueError(f"{part!r} is not a CIDR ({exc}); allowed: a.b.c.d/len[,...]"
                              ) from None
+        if net.version != 4:
+            raise ValueError(f"{part!r} is IPv6; allowed: IPv4 CIDRs (the agents take IPv4 "
+                             "service addresses)")
+        nets.append(net)
     if not nets:
         raise ValueError(f"{text!r} names no CIDR; allowed: a.b.c.d/len[,...]")
     return nets
@@ -80,6 +84,10 @@ class IpPool:
                         return host
         raise NoAddress(f"no free address in {', '.join(map(str, self.cidrs))} "
                         f"({len(self._owner)} in use)")
+
+    def owners(self) -> set[str]:
+        with self._lock:
+            return set(self._owner.values())
 
     def release(self, service: str) -> None:
         with self._lock:

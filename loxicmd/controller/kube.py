@@ -150,9 +150,11 @@ class Informer:
         self._watch = watch.Watch()
         # deserialized (the client reads a 410 from `raw_object` only then); the dict is
         # what is used
+        # the read timeout ends a connection that died without a word
         for event in self._watch.stream(self.lister, resource_version=version,
                                         timeout_seconds=WATCH_TIMEOUT_S,
-                                        allow_watch_bookmarks=True):
+                                        allow_watch_bookmarks=True,
+                                        _request_timeout=WATCH_TIMEOUT_S + 30):
             if self._stop.is_set():
                 break
             obj = event.get("raw_object") or {}

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .agents import Agents
+from .agents import Agents, Failure
 from .ipam import IpPool, NoAddress, parse_cidrs
 from .kube import Cluster, Informer, wait_synced
 from .service import (
@@ -28,7 +28,7 @@ from .service import (
 
 log = logging.getLogger("loxilb-controller")
 
-RETRY_S = 2.0
+RETRY_MIN_S, RETRY_MAX_S = 2.0, 60.0
 
 
 class Controller:
@@ -42,7 +42,8 @@ class Controller:
         self._pending: set[str] = set()
         self._stopping = False
         self._warned: dict[str, str] = {}  # service -> the last warning raised
-        self._slice_owner: dict[str, str] = {}  # slice key -> service key
+        self._slice_owner: dict[str, str] = {}  # slice key -> service key (for deletions)
+        self._retry: dict[str, tuple[float, float]] = {}  # service -> (when, next delay)
         self.services = cluster.services(self._service_changed)
         self.slices = cluster.endpoint_slices(self._slice_changed)
 
@@ -50,6 +51,7 @@ class Controller:
     def _enqueue(self, key: str) -> None:
         with self._cond:
             self._pending.add(key)
+            self._retry.pop(key, None)  # a change: no waiting out a back-off
             self._cond.notify()
 
     def _service_changed(self, key: str, obj: dict[str, Any] | None) -> None:
@@ -83,12 +85,20 @@ class Controller:
                 next_resync = time.monotonic() + self.resync_s
                 continue
             with self._cond:
+                due = [k for k, (when, _) in self._retry.items() if when <= now]
+                self._pending.update(due)
                 if not self._pending and not self._stopping:
-                    self._cond.wait(max(0.05, next_resync - now))
+                    wake = min([next_resync, *(w for w, _ in self._retry.values())])
+                    self._cond.wait(max(0.05, wake - now))
+                    continue
                 keys, self._pending = self._pending, set()
-            failed = [key for key in sorted(keys) if not self.reconcile(key)]
-            if failed:  # tried again soon, the periodic resync notwithstanding
-                threading.Timer(RETRY_S, lambda f=failed: [self._enqueue(k) for k in f]).start()
+            for key in sorted(keys):
+                ok = self.reconcile(key)
+                with self._cond:  # a failure is tried again, each time later
+                    delay = self._retry.pop(key, (0.0, RETRY_MIN_S))[1]
+                    if not ok:
+                        self._retry[key] = (time.monotonic() + delay,
+                                            min(2 * delay, RETRY_MAX_S))
 
     def stop(self) -> None:
         with self._cond:
@@ -98,23 +108,26 @@ class Controller:
         self.slices.stop()
 
     def _reserve_known(self) -> None:
-        """The addresses the Services' statuses already hold are theirs: reserved before
-        anything new is handed out (the controller keeps no file)."""
-        for key, svc in list(self.services.objects.items()):
+        """The addresses the Services' statuses already hold (from the pools or asked for)
+        are theirs: reserved before anything new is handed out (the controller keeps no
+        file)."""
+        for key, svc in sorted(self.services.objects.items()):
             if not wants_lb(svc, self.lb_class, self.default_class):
                 continue
             for ingress in ((svc.get("status") or {}).get("loadBalancer") or {}).get(
                     "ingress") or []:
                 ip = ingress.get("ip")
-                if ip and self.pool.in_pool(ip):
+                if ip:
                     try:
                         self.pool.reserve(key, ip)
                     except NoAddress as exc:
                         log.warning("%s: %s", key, exc)
 
     def _slices_of(self, key: str) -> list[dict[str, Any]]:
+        namespace, _, name = key.partition("/")
         return [s for k, s in list(self.slices.objects.items())
-                if self._slice_owner.get(k) == key]
+                if k.partition("/")[0] == namespace and ((s.get("metadata") or {}).get(
+                    "labels") or {}).get(SERVICE_NAME_LABEL) == name]
 
     def _warn(self, svc: dict[str, Any], reason: str, message: str) -> None:
         key = key_of(svc)
@@ -152,15 +165,17 @@ class Controller:
         except NoAddress as exc:
             self._warn(svc, "NoExternalIP", str(exc))
             return False
-        failures = self.agents.apply(rules, {name})
+        return self._report(svc, address, self.agents.apply(rules, {name}))
+
+    def _report(self, svc: dict[str, Any], address: str, failures: list[Failure]) -> bool:
+        """A Service's outcome: warnings, and its status once an agent holds its rules."""
         for failure in failures:
             self._warn(svc, "AgentRefused" if failure.rule else "AgentUnreachable",
                        f"agent {failure.agent}: {failure.message}")
-        reached = len({f.agent for f in failures}) < len(self.agents.clients)
-        if reached:
+        if len({f.agent for f in failures}) < len(self.agents.clients):
             self._set_status(svc, address)
         if not failures:
-            self._warned.pop(key, None)
+            self._warned.pop(key_of(svc), None)
         return not failures
 
     def _set_status(self, svc: dict[str, Any], address: str) -> None:
@@ -173,31 +188,48 @@ class Controller:
 
     def resync(self) -> None:
         """Every Service again, and every agent rid of rules no Service wants (a Service
-        deleted while the controller was away) or filled again (an agent restarted empty)."""
-        keys = sorted(self.services.objects)
-        wanted: list[dict[str, Any]] = []
-        spare: set[str] = set()  # refused Services keep what they have
-        for key in keys:
-            svc = self.services.objects.get(key)
-            if svc is None or not wants_lb(svc, self.lb_class, self.default_class):
-                self.pool.release(key)
-                continue
+        deleted while the controller was away) or filled again (an agent restarted empty).
+        Services that ask for an address go first: a new one from the pools never takes
+        an address a Service asked for."""
+        services = {k: s for k, s in list(self.services.objects.items())
+                    if wants_lb(s, self.lb_class, self.default_class)}
+        for key in set(self.pool.owners()) - set(services):
+            self.pool.release(key)
+
+        def asks(key: str) -> bool:
             try:
-                address, rules = self._desired(key, svc)
+                return bool(options_of(services[key]).static_ip)
+            except ServiceRefused:
+                return False
+        wanted: list[dict[str, Any]] = []
+        addresses: dict[str, str] = {}
+        spare: set[str] = set()  # Services refused now keep what they have
+        for key in sorted(services, key=lambda k: (not asks(k), k)):
+            svc = services[key]
+            try:
+                addresses[key], rules = self._desired(key, svc)
             except ServiceRefused as exc:
                 self._warn(svc, "InvalidService", str(exc))
                 spare.add(rule_name(key))
                 continue
             except NoAddress as exc:
                 self._warn(svc, "NoExternalIP", str(exc))
+                spare.add(rule_name(key))
                 continue
             wanted += rules
-        for failure in self.agents.apply(wanted, None, spare=spare):
-            log.warning("resync: agent %s: %s%s", failure.agent,
-                        f"{failure.rule}: " if failure.rule else "", failure.message)
-        for key in keys:  # statuses, warnings per Service
-            if key in self.services.objects:
-                self._enqueue(key)
+        failures = self.agents.apply(wanted, None, spare=spare)
+        by_rule: dict[str, list[Failure]] = {}
+        for failure in failures:
+            if failure.rule:
+                by_rule.setdefault(failure.rule, []).append(failure)
+        whole = [f for f in failures if not f.rule]  # an agent that failed as a whole
+        for key, address in addresses.items():
+            ok = self._report(services[key], address, whole + by_rule.get(rule_name(key), []))
+            with self._cond:
+                if ok:
+                    self._retry.pop(key, None)
+                elif key not in self._retry:
+                    self._retry[key] = (time.monotonic() + RETRY_MIN_S, 2 * RETRY_MIN_S)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

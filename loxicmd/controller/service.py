@@ -15,17 +15,31 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from loxicmd.names import NAT_MODE_NAMES, SELECTION_NAMES
+from loxicmd.names import (
+    DEFAULT_PROBE_PERIOD_S,
+    DEFAULT_PROBE_RETRIES,
+    DEFAULT_TIMEOUTS,
+    LOXILBD_NAT_MODES,
+    LOXILBD_SELECTIONS,
+    NAT_MODE_NAMES,
+    SELECTION_NAMES,
+)
 
 LB_CLASS = "loxilb.io/loxilb"
 INSTANCE = "llb-inst0"  # LoxiLB's default HA instance, as kube-loxilb names it
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ANNOTATION = "loxilb.io/"
 
-MODES = {name: code for code, name in NAT_MODE_NAMES.items()}
-SELECTIONS = {**{name: code for code, name in SELECTION_NAMES.items()}, "roundrobin": 0}
+# kube-loxilb's words the agents carry out (the others are refused by name, not defaulted)
+MODES = {name: code for code, name in NAT_MODE_NAMES.items() if name in LOXILBD_NAT_MODES}
+SELECTIONS = {**{name: code for code, name in SELECTION_NAMES.items()
+                 if name in LOXILBD_SELECTIONS}, "roundrobin": 0}
 PROBE_TYPES = ("none", "ping", "tcp", "udp", "http", "https")
-PROTOCOLS = ("tcp", "udp", "sctp")
+PROTOCOLS = ("tcp", "udp")  # of a Service's; the datapath carries no SCTP yet
+# A rule's probe fields as the agent shows them when none is given: sent explicitly, so
+# that an annotation taken away is taken away on the agents too.
+PROBE_DEFAULTS = {"probetype": "", "probeport": 0, "probereq": "", "proberesp": "",
+                  "probeTimeout": DEFAULT_PROBE_PERIOD_S, "probeRetries": DEFAULT_PROBE_RETRIES}
 YES_NO = ("yes", "no")
 
 
@@ -41,8 +55,8 @@ class Options:
     mode: int = 0
     sel: int = 0
     monitor: bool = False
-    timeout: int = 0  # 0: the agent's default for the protocol
-    probe: dict[str, Any] = field(default_factory=dict)
+    timeout: int = 0  # 0: the API's default for the protocol
+    probe: dict[str, Any] = field(default_factory=lambda: dict(PROBE_DEFAULTS))
     static_ip: str = ""
 
 
@@ -104,7 +118,7 @@ def options_of(service: dict[str, Any], default_mode: int = 0) -> Options:
     mode_word = _word(annotations, "lbmode", MODES)
     sel_word = _word(annotations, "epselect", SELECTIONS)
     liveness = _word(annotations, "liveness", YES_NO)
-    probe: dict[str, Any] = {}
+    probe: dict[str, Any] = dict(PROBE_DEFAULTS)
     ptype = _word(annotations, "probetype", PROBE_TYPES)
     if ptype is not None:
         probe["probetype"] = ptype
@@ -126,9 +140,14 @@ def options_of(service: dict[str, Any], default_mode: int = 0) -> Options:
             raise ServiceRefused(f"the requested address {static!r} (spec.loadBalancerIP or "
                                  f"annotation {ANNOTATION}staticIP) is not an IP "
                                  "address") from None
+    spec = service.get("spec") or {}
+    if spec.get("ipFamilies") == ["IPv6"]:
+        raise ServiceRefused("spec.ipFamilies: IPv6 alone is not served yet; allowed: "
+                             "IPv4, or dual-stack (served on IPv4)")
     return Options(mode=MODES[mode_word] if mode_word else default_mode,
                    sel=SELECTIONS[sel_word] if sel_word else 0,
-                   monitor=liveness == "yes",
+                   # naming a probe type asks for monitoring (LoxiLB's, and the agent's)
+                   monitor=liveness == "yes" or ptype not in (None, "none"),
                    timeout=_int(annotations, "timeout", 1, 86400) or 0,
                    probe=probe, static_ip=static)
 
@@ -172,17 +191,31 @@ def rules_for(service: dict[str, Any], slices: list[dict[str, Any]], external_ip
             "monitor": options.monitor, "name": rule_name(key), "managed": True,
             **options.probe,
         }
-        if options.timeout:
-            args["inactiveTimeOut"] = options.timeout
+        args["inactiveTimeOut"] = options.timeout or DEFAULT_TIMEOUTS[protocol]
         endpoints = ready_endpoints(slices, port.get("name") or "", protocol, family)
         rules.append({
             "serviceArguments": args,
             "endpoints": [{"endpointIP": ip, "targetPort": p, "weight": 1}
                           for ip, p in endpoints],
-            "allowedSources": [{"prefix": p} for p in sorted(
-                (service.get("spec") or {}).get("loadBalancerSourceRanges") or [])],
+            "allowedSources": [{"prefix": p} for p in source_ranges(service)],
         })
     return rules
+
+
+def source_ranges(service: dict[str, Any]) -> list[str]:
+    """spec.loadBalancerSourceRanges as prefixes (Kubernetes takes host bits set)."""
+    out = set()
+    for text in (service.get("spec") or {}).get("loadBalancerSourceRanges") or []:
+        try:
+            net = ipaddress.ip_network(str(text).strip(), strict=False)
+        except ValueError:
+            raise ServiceRefused(f"spec.loadBalancerSourceRanges: {text!r} is not a prefix; "
+                                 "allowed: a.b.c.d/len") from None
+        if net.version != 4:
+            raise ServiceRefused(f"spec.loadBalancerSourceRanges: {text!r} is IPv6; allowed: "
+                                 "IPv4 prefixes (the agents filter IPv4 sources only)")
+        out.add(str(net))
+    return sorted(out, key=lambda p: ipaddress.ip_network(p))
 
 
 def rule_identity(entry: dict[str, Any]) -> tuple[str, int, str]:

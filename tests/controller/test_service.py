@@ -12,6 +12,7 @@ import pytest
 import yaml
 from k8s_api import load
 
+from loxicmd.agent.lb.model import parse_lb_entry, rule_to_api
 from loxicmd.controller.ipam import IpPool, NoAddress, parse_cidrs
 from loxicmd.controller.kube import RBAC
 from loxicmd.controller.service import (
@@ -41,7 +42,10 @@ def test_recorded_service_and_slice_make_one_rule_of_the_ready_endpoints() -> No
     assert rule == {
         "serviceArguments": {"externalIP": "198.18.100.1", "port": 80, "protocol": "tcp",
                              "sel": 0, "mode": 2, "bgp": False, "monitor": False,
-                             "name": "default_web:llb-inst0", "managed": True},
+                             "name": "default_web:llb-inst0", "managed": True,
+                             "inactiveTimeOut": 240, "probetype": "", "probeport": 0,
+                             "probereq": "", "proberesp": "", "probeTimeout": 60,
+                             "probeRetries": 2},
         "endpoints": [{"endpointIP": "198.18.2.11", "targetPort": 8080, "weight": 1},
                       {"endpointIP": "198.18.2.12", "targetPort": 8080, "weight": 1}],
         "allowedSources": [],
@@ -73,6 +77,9 @@ def test_annotations_as_kube_loxilb_reads_them() -> None:
     assert o.probe == {"probetype": "http", "probeport": 8080, "probereq": "/health",
                        "proberesp": "OK", "probeTimeout": 5, "probeRetries": 3}
     assert options_of(annotated(epselect="roundrobin")).sel == 0
+    # naming a probe type asks for monitoring, as the agent reads it
+    assert options_of(annotated(probetype="tcp")).monitor
+    assert not options_of(annotated(probetype="none")).monitor
     svc = load("service-web.json")
     svc["spec"]["loadBalancerIP"] = "198.18.100.7"
     assert options_of(svc).static_ip == "198.18.100.7"
@@ -83,6 +90,9 @@ def test_annotations_as_kube_loxilb_reads_them() -> None:
 @pytest.mark.parametrize(("annotations", "words"), [
     ({"lbmode": "magic"}, "loxilb.io/lbmode: 'magic' is not allowed; allowed: default, onearm"),
     ({"epselect": "n2det"}, "loxilb.io/epselect: 'n2det' is not allowed"),
+    # kube-loxilb's words the agents do not carry out are refused, not defaulted
+    ({"lbmode": "dsr"}, "'dsr' is not allowed; allowed: default, onearm, fullnat$"),
+    ({"epselect": "n3"}, "'n3' is not allowed; allowed: rr, hash, priority, persist, lc, "),
     ({"timeout": "soon"}, "loxilb.io/timeout: 'soon' is not a number; allowed: 1..86400"),
     ({"probeport": "70000"}, "loxilb.io/probeport: 70000 is out of range"),
     ({"liveness": "maybe"}, "loxilb.io/liveness: 'maybe' is not allowed; allowed: yes, no"),
@@ -109,24 +119,49 @@ def test_ports_protocols_and_slices() -> None:
              r["serviceArguments"]["bgp"], [e["endpointIP"] for e in r["endpoints"]])
             for r in rules] == [(80, "tcp", True, ["198.18.2.11", "198.18.2.12"]),
                                 (53, "udp", True, ["198.18.2.14"])]
+    assert rules[1]["serviceArguments"]["inactiveTimeOut"] == 20  # udp's
     svc["spec"]["ports"][0]["protocol"] = "SCTP"
-    assert rules_for(svc, [], "198.18.100.1", options_of(svc))[0]["endpoints"] == []
-    svc["spec"]["ports"][0]["protocol"] = "ICMP"
-    with pytest.raises(ServiceRefused, match="protocol 'icmp' is not allowed"):
+    with pytest.raises(ServiceRefused, match="protocol 'sctp' is not allowed; allowed: tcp, udp"):
         rules_for(svc, [], "198.18.100.1", options_of(svc))
+    svc["spec"]["ports"][0]["protocol"] = "TCP"
+    svc["spec"]["loadBalancerSourceRanges"] = ["10.0.0.5/24", "192.0.2.0/25"]
+    assert rules_for(svc, [], "198.18.100.1", options_of(svc))[0]["allowedSources"] == [
+        {"prefix": "10.0.0.0/24"}, {"prefix": "192.0.2.0/25"}]  # host bits as Kubernetes
+    svc["spec"]["loadBalancerSourceRanges"] = ["2001:db8::/32"]
+    with pytest.raises(ServiceRefused, match="is IPv6; allowed: IPv4 prefixes"):
+        rules_for(svc, [], "198.18.100.1", options_of(svc))
+    svc["spec"]["ipFamilies"] = ["IPv6"]
+    with pytest.raises(ServiceRefused, match="spec.ipFamilies: IPv6 alone"):
+        options_of(svc)
 
 
-def test_differs_compares_what_the_controller_sets() -> None:
-    svc, sl = load("service-web.json"), load("endpointslice-web.json")
+def _as_the_agent_shows(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the agent's API answers for a rule posted as `entry` (its own code)."""
+    rule, _, _ = parse_lb_entry(entry)
+    return rule_to_api(rule, {})
+
+
+@pytest.mark.parametrize("annotations", [
+    {}, {"liveness": "yes"}, {"probetype": "tcp", "probeport": "8080"},
+    {"timeout": "30", "epselect": "persist", "lbmode": "onearm"},
+    {"probetype": "http", "probereq": "/h", "proberesp": "OK", "probetimeout": "5",
+     "proberetries": "4", "liveness": "yes"},
+])
+def test_what_the_agent_shows_is_what_the_controller_asked(annotations: dict[str, str]
+                                                           ) -> None:
+    """No difference seen where there is none (else every pass would post again), and
+    an annotation taken away is a difference."""
+    svc, sl = annotated(**annotations), load("endpointslice-web.json")
+    svc["spec"]["loadBalancerSourceRanges"] = ["10.0.0.5/24"]
     (want,) = rules_for(svc, [sl], "198.18.100.1", options_of(svc))
-    shown = copy.deepcopy(want)
-    shown["serviceArguments"].update({"inactiveTimeOut": 240, "portMax": 0, "privateIP": ""})
-    shown["endpoints"].reverse()
-    for ep in shown["endpoints"]:
-        ep.update({"state": "active", "counter": "0:0"})
-    assert not differs(want, shown)  # the agent's own additions are not differences
+    shown = _as_the_agent_shows(want)
+    assert not differs(want, shown), (want, shown)
     shown["endpoints"].pop()
     assert differs(want, shown)
+    if annotations:
+        (plain,) = rules_for(load("service-web.json"), [sl], "198.18.100.1",
+                             options_of(load("service-web.json")))
+        assert differs(plain, _as_the_agent_shows(want))
 
 
 def test_ipam() -> None:
@@ -145,6 +180,8 @@ def test_ipam() -> None:
     assert pool.address_of("f") == "203.0.113.5" and not pool.in_pool("203.0.113.5")
     with pytest.raises(ValueError, match="'198.18.100.1/24' is not a CIDR"):
         parse_cidrs("198.18.100.1/24")
+    with pytest.raises(ValueError, match="'2001:db8::/64' is IPv6; allowed: IPv4 CIDRs"):
+        parse_cidrs("2001:db8::/64")
 
 
 def test_manifests_grant_what_the_controller_uses() -> None:

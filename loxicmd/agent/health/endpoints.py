@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from loxicmd.api import wire
-from loxicmd.names import HOST_GREEN, HOST_RED, PROBE_TYPES
+from loxicmd.names import (
+    DEFAULT_PROBE_PERIOD_S,
+    DEFAULT_PROBE_RETRIES,
+    HOST_GREEN,
+    HOST_RED,
+    PROBE_TYPES,
+)
 
 from ..errors import ApiError, InvalidInput
 from ..lb.model import Endpoint, LbRule
@@ -28,8 +34,6 @@ from ..store.journal import StateStore, upgraded
 from ..validate import ipv4, one_of, unicast_ipv4
 from .monitor import HealthMonitor, ProbeStatus
 from .spec import (
-    DEFAULT_PROBE_PERIOD_S,
-    DEFAULT_PROBE_RETRIES,
     FORMAT_1_PROBE_PERIOD_S,
     ProbeSpec,
     attempt_timeout,

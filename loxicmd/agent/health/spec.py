@@ -13,12 +13,8 @@ from loxicmd.api.wire import InvalidInput
 from loxicmd.names import PORTLESS_PROBE_TYPES as PORTLESS
 from loxicmd.names import PROBE_TYPES
 
-# LoxiLB's defaults: a rule's probeTimeout and an endpoint's probeDuration are the probe
-# period; retries are the failures before an endpoint is down.
-DEFAULT_PROBE_PERIOD_S = 60
 # What probes ran every before the state format 2 (journals older than it are upgraded).
 FORMAT_1_PROBE_PERIOD_S = 10
-DEFAULT_PROBE_RETRIES = 2
 MAX_PERIOD_S = 86400.0
 MIN_PERIOD_S = 0.05
 MAX_RETRIES = 100

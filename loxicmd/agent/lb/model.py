@@ -20,19 +20,23 @@ from loxicmd.api.lbentry import (
     ServiceArguments,
     with_endpoint_states,
 )
-from loxicmd.names import LOXILBD_PROTOCOLS, NAT_MODE_NAMES, PROBE_TYPES, SELECTION_NAMES
+from loxicmd.names import (
+    DEFAULT_PROBE_PERIOD_S,
+    DEFAULT_PROBE_RETRIES,
+    DEFAULT_TIMEOUTS,
+    LOXILBD_PROTOCOLS,
+    NAT_MODE_NAMES,
+    PROBE_TYPES,
+    SELECTION_NAMES,
+)
 
 from ..errors import InvalidInput
 from ..health.spec import (
-    DEFAULT_PROBE_PERIOD_S,
-    DEFAULT_PROBE_RETRIES,
     ProbeSpec,
     attempt_timeout,
     validate,
 )
 from ..validate import ipv4_prefix, unicast_ipv4
-
-DEFAULT_TIMEOUTS = {"tcp": 240, "udp": 20, "sctp": 240, "icmp": 20}
 
 # What this datapath implements today; the rest of the API's codes are known
 # (and named in errors) but refused rather than silently treated as another.
