@@ -340,8 +340,9 @@ def test_hundred_services_dead_peer_and_speaker_restart(lab: Lab, bgp_topo: HaTo
         print(f"\nBGP: a hung peer (hold time {HOLD_TIME} s) noticed after {noticed:.1f} s")
         # the hold timer runs from the peer's last message (a KEEPALIVE every hold/3 s, so
         # up to 2 s before it hung); ExaBGP counts it in whole seconds, so it expires
-        # between hold and hold + 1 s after that message; the agent hears it at once
-        assert noticed <= HOLD_TIME + 1.5, noticed
+        # between hold and hold + 1 s after that message, checked once per turn of its
+        # loop; the agent hears it at once
+        assert noticed <= HOLD_TIME + 2, noticed
         assert bgp_topo.lb("lb1").ip("route", "show", IMPORTED).stdout.strip() == ""
         assert gobgp_count() == 100  # the other session is untouched
         # while BIRD is down: 5 more services, gobgpd deleted (its session ends) and
