@@ -46,7 +46,7 @@ def _interfaces(value: str) -> list[str] | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default=DEFAULT_API_HOST, show_default=True,
-              help="Address the REST API listens on (loopback unless a token is set).")
+              help="Address the REST API listens on (beyond loopback only with --token-file).")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_API_PORT,
               show_default=True, help="REST API port.")
 @click.option("--state-dir", type=click.Path(file_okay=False), default="/var/lib/loxilbd",
@@ -61,7 +61,15 @@ def _interfaces(value: str) -> list[str] | None:
 @click.option("--ct-entries", type=click.IntRange(1024, 16 * 1024 * 1024), default=None,
               help="Conntrack table size (entries) when the maps are created.")
 @click.option("--token", envvar="LOXILBD_TOKEN", default=None,
-              help="Require this token in the Authorization header (env LOXILBD_TOKEN).")
+              help="Require this token in the Authorization header (env LOXILBD_TOKEN; "
+                   "on loopback only: elsewhere use --token-file).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="Require the token in this file (mode 0600); created with a new random "
+                   "token when it does not exist. Needed with --host other than loopback.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve the API over HTTPS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The certificate's private key (PEM, mode 0600).")
 @click.option("--detach-on-exit", is_flag=True,
               help="On SIGTERM also detach the datapath (default: traffic keeps flowing "
                    "on the pinned maps until the next agent takes over).")
@@ -96,6 +104,7 @@ def _interfaces(value: str) -> list[str] | None:
               default="info", show_default=True)
 def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
         bpffs_dir: str | None, ct_entries: int | None, token: str | None,
+        token_file: str | None, tls_cert: str | None, tls_key: str | None,
         detach_on_exit: bool, cleanup: bool, keep_sysctls: bool, audit_max_mb: int,
         audit_backups: int, cluster: str | None, cluster_key: str | None,
         cluster_listen: str, bgp_backup: str, bgp_import: bool, bgp_hold_time: int,
@@ -111,8 +120,8 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
     if cleanup:
         _cleanup(pin_dir, node, bpffs_dir is None)
         return
-    if host not in ("127.0.0.1", "::1", "localhost") and not token:
-        raise click.UsageError("--host other than loopback needs --token (or LOXILBD_TOKEN)")
+    token = _api_token(host, token, token_file)
+    tls = _tls_files(tls_cert, tls_key)
     ifnames = _interfaces(interfaces)
     sync = _cluster_settings(cluster, cluster_key, cluster_listen, node)
 
@@ -149,7 +158,7 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
                  state_dir)
         server = uvicorn.Server(uvicorn.Config(create_app(parts, token), host=host, port=port,
                                                log_level="warning", access_log=False,
-                                               lifespan="off"))
+                                               lifespan="off", **tls))
         # uvicorn handles SIGTERM/SIGINT while it runs and re-raises them to the
         # previous handlers when it is done: make that a no-op so the clean-up
         # below runs and the exit status is 0.
@@ -161,6 +170,47 @@ def cli(host: str, port: int, state_dir: str, interfaces: str, node: str,
             dp.detach_all()
         if not server.started:
             raise click.ClickException(f"could not serve the API on {host}:{port}")
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _api_token(host: str, token: str | None, token_file: str | None) -> str | None:
+    """The API's token: none on loopback unless given; beyond loopback one from a file (a
+    token on a command line or in the environment can be read by the host's other
+    users), created 0600 with a new random token when the file does not exist."""
+    from loxicmd.secretfile import create_secret, read_secret
+
+    if token and token_file:
+        raise click.UsageError("give one of --token and --token-file")
+    if host not in LOOPBACK and not token_file:
+        raise click.UsageError(f"--host {host} (beyond loopback) needs --token-file FILE: "
+                               "the API would be open to the network")
+    if token_file is None:
+        return token
+    try:
+        if not os.path.exists(token_file):
+            made = create_secret(token_file)
+            log.warning("wrote a new API token to %s (mode 0600)", token_file)
+            return made
+        return read_secret(token_file).decode()
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--token-file") from None
+
+
+def _tls_files(cert: str | None, key: str | None) -> dict[str, str]:
+    """uvicorn's TLS settings: both files or neither; the key the owner's only."""
+    from loxicmd.secretfile import owner_only
+
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        return {}
+    try:
+        owner_only(key)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tls-key") from None
+    return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,11 @@ def _reason(exc: BaseException, timeout: float) -> str:
         return f"timed out after {timeout:g} s"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve the host name ({exc.strerror or exc})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"its TLS certificate was not accepted ({exc.verify_message}); give the CA "
+                "that signed it (--cacert)")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
     if isinstance(exc, http.client.RemoteDisconnected):
         return "the agent closed the connection without answering"
     if isinstance(exc, http.client.HTTPException):
@@ -88,6 +94,7 @@ class Client:
         protocol: str = "http",
         timeout: float = 10.0,
         token: str | None = None,
+        cafile: str | None = None,
         debug: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -95,6 +102,7 @@ class Client:
         self.protocol = protocol
         self.timeout = timeout
         self.token = token
+        self.cafile = cafile  # https: the CA that signed the agent's certificate
         self._debug = debug
 
     @property
@@ -113,7 +121,9 @@ class Client:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.protocol == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
+            context = ssl.create_default_context(cafile=self.cafile)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=context)
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def request(

@@ -20,6 +20,7 @@ import click
 from loxicmd.cli.args import PORT
 from loxicmd.cli.render import OUTPUTS
 from loxicmd.names import DEFAULT_API_HOST, DEFAULT_API_PORT
+from loxicmd.secretfile import read_secret
 
 if TYPE_CHECKING:
     from loxicmd.api.client import Client
@@ -37,6 +38,7 @@ class Settings:
     timeout: float = 10.0
     output: str = "table"
     token: str | None = None
+    cacert: str | None = None
     verbose: int = 0
 
     def debug(self, message: str) -> None:
@@ -53,6 +55,7 @@ class Settings:
             protocol=self.protocol,
             timeout=self.timeout,
             token=self.token if self.token is not None else file_token(),
+            cafile=self.cacert,
             debug=self.debug if self.verbose else None,
         )
 
@@ -69,17 +72,14 @@ def token_path() -> Path:
 def file_token() -> str | None:
     """The token file's content when there is one; it must be readable by its owner only."""
     path = token_path()
-    try:
-        mode = path.stat().st_mode
-    except OSError:
+    if not path.exists():
         return None
-    if mode & 0o077:
-        raise click.BadParameter(f"'{path}' is mode {mode & 0o777:04o}; a token file must "
-                                 "be 0600 (chmod 600 it)", param_hint="token file")
     try:
-        return path.read_text().strip() or None
+        return read_secret(path).decode()
     except OSError as exc:
         raise click.BadParameter(f"'{path}': {exc.strerror}", param_hint="token file") from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="token file") from None
 
 
 # name -> (param decls, click kwargs, root default, environment variable)
@@ -114,6 +114,13 @@ _GLOBALS: dict[str, tuple[tuple[str, ...], dict[str, Any], Any, str | None]] = {
         {"type": click.Choice(list(OUTPUTS)), "help": "Output format."},
         "table",
         None,
+    ),
+    "cacert": (
+        ("--cacert",),
+        {"type": click.Path(exists=True, dir_okay=False), "metavar": "FILE",
+         "help": "With --protocol https: the CA certificate (PEM) that signed the agent's."},
+        None,
+        "LOXICMD_CACERT",
     ),
     "token": (
         ("--token",),

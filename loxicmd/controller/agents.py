@@ -33,19 +33,20 @@ class Failure:
     message: str
 
 
-def client_for(url: str, token: str | None, timeout: float) -> Client:
+def client_for(url: str, token: str | None, timeout: float, cafile: str | None = None
+               ) -> Client:
     """An agent's client from a URL as kube-loxilb's ``loxiURL`` gives it."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{url!r} is not an agent URL; allowed: http[s]://HOST[:PORT]")
     return Client(parts.hostname, parts.port or 11111, protocol=parts.scheme, token=token,
-                  timeout=timeout)
+                  timeout=timeout, cafile=cafile)
 
 
 class Agents:
     def __init__(self, urls: Iterable[str], token: str | None = None,
-                 timeout: float = 5.0) -> None:
-        self.clients = [client_for(u, token, timeout) for u in urls]
+                 timeout: float = 5.0, cafile: str | None = None) -> None:
+        self.clients = [client_for(u, token, timeout, cafile) for u in urls]
 
     def apply(self, desired: list[dict[str, Any]], names: set[str] | None,
               spare: frozenset[str] | set[str] = frozenset()) -> list[Failure]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from loxicmd.secretfile import read_secret
+
 from .agents import Agents, Failure
 from .ipam import IpPool, NoAddress, parse_cidrs
 from .kube import Cluster, Informer, wait_synced
@@ -239,6 +241,10 @@ class Controller:
               metavar="URL[,URL...]", help="Every LB node's agent: http://HOST:11111,...")
 @click.option("--loxi-token", envvar="LOXILBD_TOKEN", default=None,
               help="The agents' API token (env LOXILBD_TOKEN).")
+@click.option("--loxi-token-file", type=click.Path(dir_okay=False), default=None,
+              help="The agents' API token, from this file (mode 0600).")
+@click.option("--loxi-cacert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For https agent URLs: the CA certificate (PEM) that signed theirs.")
 @click.option("--external-cidr", "--externalCIDR", "external_cidr", required=True,
               metavar="CIDR[,CIDR...]", help="Where Services' external IPs come from.")
 @click.option("--lb-class", default=LB_CLASS, show_default=True,
@@ -256,7 +262,8 @@ class Controller:
               show_default=True, help="Seconds an agent has to answer a request.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
-def cli(kubeconfig: str | None, loxi_url: str, loxi_token: str | None, external_cidr: str,
+def cli(kubeconfig: str | None, loxi_url: str, loxi_token: str | None,
+        loxi_token_file: str | None, loxi_cacert: str | None, external_cidr: str,
         lb_class: str, default_class: bool, lb_mode: str, bgp: bool, resync: float,
         agent_timeout: float, log_level: str) -> None:
     """Serve Kubernetes Services of type LoadBalancer with the LB nodes' agents."""
@@ -266,9 +273,14 @@ def cli(kubeconfig: str | None, loxi_url: str, loxi_token: str | None, external_
         pool = IpPool(parse_cidrs(external_cidr))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--external-cidr") from None
+    if loxi_token_file is not None:
+        try:
+            loxi_token = read_secret(loxi_token_file).decode()
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--loxi-token-file") from None
     try:
         agents = Agents([u.strip() for u in loxi_url.split(",") if u.strip()], loxi_token,
-                        agent_timeout)
+                        agent_timeout, loxi_cacert)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--loxi-url") from None
     if not agents.clients:

@@ -395,4 +395,4 @@ def test_token_sources(node: LbNode, tmp_path: Path) -> None:
         assert get("right", "--token", "wrong", LOXICMD_TOKEN="right") == 1
         token_file.chmod(0o644)
         cp = lx(node, "get", "log-level", LOXICMD_TOKEN_FILE=str(token_file))
-        assert cp.returncode == 2 and "must be 0600" in cp.stderr, cp.stderr
+        assert cp.returncode == 2 and "is mode 0644; allowed: 0600" in cp.stderr, cp.stderr

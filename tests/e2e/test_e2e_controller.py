@@ -34,8 +34,13 @@ RULE = "default_web:llb-inst0"
 class ControllerLab:
     def __init__(self, lab: Lab, topo: HaTopology) -> None:
         self.lab, self.topo = lab, topo
+        token_file = lab.workdir / "agent.token"
+        token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)
+        self.token_file = token_file
         self.agents = {name: LbNode(lab, ns, ["eth0", "eth1"], extra_args=(
-            "--host", "0.0.0.0", "--token", TOKEN)) for name, ns in topo.lbs.items()}
+            "--host", "0.0.0.0", "--token-file", str(token_file)))
+            for name, ns in topo.lbs.items()}
         self.api = ApiServer().start(topo.client_ip, netns=topo.client.name)
         lab.register_cleanup(self.api.stop)
         self.kubeconfig = self.api.kubeconfig(lab.workdir / "kubeconfig")
@@ -53,7 +58,7 @@ class ControllerLab:
         urls = ",".join(f"http://{LB_ADDRS[n][0]}:{a.port}" for n, a in self.agents.items())
         self.controller = self.lab.track(self.topo.client.popen(
             "loxilb-controller", "--kubeconfig", str(self.kubeconfig), "--loxi-url", urls,
-            "--loxi-token", TOKEN, "--external-cidr", CIDR, "--resync", "2",
+            "--loxi-token-file", str(self.token_file), "--external-cidr", CIDR, "--resync", "2",
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w")))  # noqa: SIM115
 
     def stop_controller(self) -> None:

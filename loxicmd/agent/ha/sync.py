@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datapath import layouts as L
+from loxicmd.secretfile import read_secret
 
 from ..conntrack.flows import EVENT_TYPE_OFFSET, Flow
 from ..conntrack.installer import FlowInstaller, FlowNotPlaceable
@@ -74,12 +75,7 @@ def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
 def read_key(path: str) -> bytes:
     """The cluster key file: non-empty, readable by its owner only (it authenticates
     peers that may write this node's conntrack table)."""
-    st = os.stat(path)
-    if st.st_mode & 0o077:
-        raise ValueError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); "
-                         f"allowed: 600 or stricter (chmod 600 {path})")
-    with open(path, "rb") as f:
-        key = f.read().strip()
+    key = read_secret(path)
     if len(key) < 16:
         raise ValueError(f"{path} holds {len(key)} bytes of key; allowed: at least 16 "
                          "(e.g. `head -c 32 /dev/urandom | base64 > FILE`)")
