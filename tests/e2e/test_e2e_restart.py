@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from dp_harness import NetnsThread, tcp
+from ha_lab import Streams
 from lab import Lab, Topology, http_get, tcplb_topology, wait_for
 from lbnode import LbNode
 from testpaths import CLIENT_SCRIPT
@@ -22,6 +23,8 @@ from loxicmd.agent.dataplane.dataplane import Dataplane
 from loxicmd.agent.store.journal import StateStore
 
 pytestmark = pytest.mark.e2e
+
+ECHO_PORT = 7000
 
 
 
@@ -197,3 +200,43 @@ def test_state_written_before_the_probe_period_change_keeps_its_probing(lab: Lab
     assert rule["serviceArguments"]["probeTimeout"] == 10
     status, eps = node.api("GET", "/config/endpoint/all")
     assert {e["name"]: e["probeDuration"] for e in eps["Attr"]}["p"] == 10
+
+
+def test_twenty_streams_go_on_through_an_agent_restart(lab: Lab) -> None:
+    """SIGTERM leaves the datapath attached on its pinned maps: 20 live TCP streams (every
+    byte checked) go on while no agent runs and after the next one takes over, with no
+    reset; the new agent reports new connections again (the audit log) and probes the
+    monitored endpoints (all active)."""
+    topo = tcplb_topology(lab, n_backends=3, echo_port=ECHO_PORT)
+    node = LbNode(lab, topo.lb, topo.lb_ifaces).start()
+    status, answer = node.api("POST", "/config/loadbalancer", _rule(
+        "198.18.100.1", ECHO_PORT, topo.backend_ips, target=ECHO_PORT, name="echo",
+        monitor=True, probetype="tcp", probeport=ECHO_PORT, probeTimeout=1))
+    assert status == 200, answer
+    streams = Streams(topo.client, "198.18.100.1", ECHO_PORT, 20)
+    try:
+        streams.wait_ready()
+        streams.wait_flowing()
+        assert node.stop() == 0
+        streams.wait_flowing()  # no agent: the datapath alone
+        audit = node.state_dir / "audit.log"
+        logged = audit.read_text().count("198.18.100.1") if audit.exists() else 0
+        node.start()
+        streams.wait_flowing()
+        summary = streams.finish()
+    finally:
+        if streams.proc.poll() is None:
+            streams.proc.kill()
+    assert summary["returncode"] == 0, summary
+    assert summary["connected"] == summary["closed"] == 20, summary
+    for bad in ("resets", "mismatches", "timeouts", "eofs", "errors"):
+        assert summary[bad] == 0, (bad, summary)
+    # the restarted agent hears the datapath's events (the streams' ends, a new one)
+    one = Streams(topo.client, "198.18.100.1", ECHO_PORT, 1)
+    one.wait_ready()
+    assert one.finish()["resets"] == 0
+    wait_for(lambda: audit.read_text().count("198.18.100.1") > logged, timeout=10,
+             what="new connections in the audit log after the restart")
+    wait_for(lambda: all(e["state"] == "active" for r in node.rules()
+                         for e in r["endpoints"]), timeout=10,
+             what="the restarted agent's probes finding every endpoint up")
