@@ -11,6 +11,7 @@ LB carried a flow.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -109,7 +110,6 @@ class BgpLab:
     def client_route(self, vip: str) -> str:
         """The client's next hop towards `vip` (BIRD's kernel export)."""
         out = self.topo.client.ip("-j", "route", "get", vip).stdout
-        import json
         return str(json.loads(out)[0].get("gateway", ""))
 
     def fetch(self, vip: str) -> str:
@@ -190,7 +190,6 @@ def test_announce_attributes_import_and_withdraw(lab: Lab, bgp_topo: HaTopology)
 
     # import: BIRD's static route is in lb1's routing table (lb2 was not asked to)
     def imported(name: str) -> list[dict[str, Any]]:
-        import json
         out = bgp_topo.lb(name).ip("-j", "route", "show", IMPORTED).stdout
         return json.loads(out) if out.strip() else []
     wait_for(lambda: imported("lb1") != [], timeout=10, what=f"{IMPORTED} in lb1's table")
