@@ -25,12 +25,6 @@
 /* Enough for Ethernet + VLAN + IPv4 with options + TCP with options. */
 #define LB_PULL_LEN (14 + 4 + 60 + 60)
 
-static __always_inline int lb_drop(__u32 reason, __u32 len)
-{
-	lb_count(&lb_dp_stats, reason, len);
-	return TC_ACT_SHOT;
-}
-
 static __always_inline void lb_count_flow(const struct lb_ct_entry *ct, __u32 len)
 {
 	lb_count(&lb_rule_stats, ct->rule_id, len);

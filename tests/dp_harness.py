@@ -132,8 +132,10 @@ class DpHarness:
         return rec.rule_id
 
     def slot_of(self, ip: str, port: int = 8080) -> int:
-        (rec,) = self.table.records.values()
-        return rec.slots[(ip, port)]
+        """The slot of the one endpoint ip:port among all rules."""
+        (slot,) = [rec.slots[(ip, port)] for rec in self.table.records.values()
+                   if (ip, port) in rec.slots]
+        return slot
 
     def set_active(self, ip: str, active: bool, port: int = 8080) -> None:
         slot = self.slot_of(ip, port)

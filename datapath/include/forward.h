@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "lb_maps.h"
 #include "parse.h"
 
 #define LB_AF_INET 2
@@ -54,7 +55,7 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_pkt
 	new_ttl_proto = *(__be16 *)&ip->ttl;
 	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), old_ttl_proto,
 				new_ttl_proto, sizeof(__be16)))
-		return TC_ACT_SHOT;
+		return lb_drop(LB_DROP_REWRITE, skb->len);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
 
@@ -62,7 +63,7 @@ static __always_inline int lb_forward(struct __sk_buff *skb, const struct lb_pkt
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
 	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT;
+		return lb_drop(LB_DROP_REWRITE, skb->len);
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 	return bpf_redirect(fib.ifindex, 0);

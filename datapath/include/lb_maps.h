@@ -4,6 +4,7 @@
 #define LB_MAPS_H
 
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include "lb_types.h"
 
@@ -128,6 +129,14 @@ static __always_inline void lb_count(void *map, __u32 idx, __u64 bytes)
 		c->packets++;
 		c->bytes += bytes;
 	}
+}
+
+/* Every TC_ACT_SHOT of the program goes through here, so that the drop counters
+ * add up to the packets dropped. */
+static __always_inline int lb_drop(__u32 reason, __u32 len)
+{
+	lb_count(&lb_dp_stats, reason, len);
+	return TC_ACT_SHOT;
 }
 
 #endif /* LB_MAPS_H */
