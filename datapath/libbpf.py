@@ -209,13 +209,19 @@ def num_possible_cpus() -> int:
     return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
 
+def open_pinned(path: str) -> int:
+    """A new fd of the object pinned at `path` (the caller closes it)."""
+    return _check(_lib.bpf_obj_get(path.encode()), f"open pinned {path}")
+
+
 def pinned_map_info(path: str) -> MapInfo | None:
     """What the kernel says of the map pinned at `path`; None when nothing is pinned there."""
-    fd = _lib.bpf_obj_get(path.encode())
-    if fd < 0:
-        if _errno_of(fd) == errno_mod.ENOENT:
+    try:
+        fd = open_pinned(path)
+    except LibbpfError as exc:
+        if exc.errno == errno_mod.ENOENT:
             return None
-        _check(fd, f"open pinned {path}")
+        raise
     try:
         info = MapInfo()
         size = _u32(ctypes.sizeof(info))

@@ -11,12 +11,14 @@ form, every problem named with its field path, the value and what is allowed.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loxicmd.api import paths
 from loxicmd.names import (
+    CONNTRACK_STATES,
     HA_STATES,
     HOST_STATES,
     LOXILB_PROBE_TYPES,
@@ -58,23 +60,41 @@ class Field:
     nullable: bool = False
     fold: str = ""  # strings: "lower" or "upper": words accepted in any case
     words: Mapping[int, str] | None = None  # integer codes: their names, for messages
+    pattern: str = ""  # strings: a regular expression the whole value matches
+    pattern_words: str = ""  # what the pattern allows, for messages
 
     def json_schema(self) -> dict[str, Any]:
         out: dict[str, Any] = _type_schema(self.type)
         if self.type == "array":
             out["items"] = _type_schema(self.items)
         for key, value in (("description", self.description), ("minimum", self.minimum),
-                           ("maximum", self.maximum), ("format", self.format)):
+                           ("maximum", self.maximum), ("pattern", self.pattern)):
             if value not in ("", None):
                 out[key] = value
+        if self.format:
+            # JSON Schema's own formats, so that generic clients and fuzzers know the form:
+            # an address of either family (a bare address is a host prefix too).
+            forms: list[dict[str, Any]] = [{"format": "ipv4"}, {"format": "ipv6"}]
+            if self.format == "prefix":
+                forms += [{"pattern": PREFIX4_PATTERN}, {"pattern": PREFIX6_PATTERN}]
+            elif not self.required:
+                forms.append({"enum": [""]})  # empty: none
+            out["anyOf"] = forms
+            out["x-loxilb-format"] = self.format
         if self.enum:
             out["enum"] = list(self.enum)
         if self.read_only:
             out["readOnly"] = True
         if self.write_only:
             out["writeOnly"] = True
-        if self.nullable:
-            out["nullable"] = True
+        if self.nullable or not self.required:
+            # null is taken as absent (`check`), as LoxiLB's clients send it
+            if "$ref" in out:
+                out = {"anyOf": [{"$ref": out.pop("$ref")}, {"type": "null"}], **out}
+            else:
+                out["type"] = [out["type"], "null"]
+                if "enum" in out:
+                    out["enum"].append(None)
         return out
 
 
@@ -111,8 +131,17 @@ def _codes(names: Mapping[int, str]) -> str:
     return ", ".join(f"{code} {name}" for code, name in names.items())
 
 
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# The form of a prefix (whether host bits are clear is checked, not said)
+PREFIX4_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}/(3[0-2]|[12]?[0-9])$"
+PREFIX6_PATTERN = r"^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$"
 PORT = {"minimum": 0, "maximum": 65535}
 IP = {"format": "ip"}
+# HA instance names (keepalived's are single words): visible ASCII but '/' (a path segment)
+MAX_INSTANCE_LEN = 64
+INSTANCE: dict[str, Any] = {
+    "pattern": f"^[!-.0-~]{{0,{MAX_INSTANCE_LEN}}}$",
+    "pattern_words": f"at most {MAX_INSTANCE_LEN} visible ASCII characters but '/'"}
 
 SCHEMAS: tuple[Schema, ...] = (
     Schema("Result", "A change was carried out.", {
@@ -235,7 +264,7 @@ SCHEMAS: tuple[Schema, ...] = (
                        enum=HOST_STATES, required=True, fold="lower"),
     }),
     Schema("CIStatusEntry", "The HA state of a cluster instance (keepalived's notify).", {
-        "instance": Field("string", "Default `default`"),
+        "instance": Field("string", "Default `default`", **INSTANCE),
         "state": Field("string", enum=HA_STATES, required=True, fold="upper"),
         "vip": Field("string", "The instance's VIP (empty: none)", **IP),
         "sync": Field("object", "This node's conntrack sync (null without --cluster): "
@@ -372,6 +401,8 @@ def check_value(f: Field, value: Any, where: str, unknown: str = "refuse") -> An
         if f.enum and value not in f.enum:
             words = ", ".join(repr(w) if w == "" else w for w in f.enum)
             raise InvalidInput(where, f"{value!r} is not allowed; allowed: {words}")
+        if f.pattern and not re.fullmatch(f.pattern, value):
+            raise InvalidInput(where, f"{value!r} is not allowed; allowed: {f.pattern_words}")
         if f.format == "ip":
             if not value and f.required:
                 raise InvalidInput(where, "is empty; allowed: an IP address")
@@ -463,6 +494,39 @@ ROUTES: tuple[Route, ...] = (
           response="BGPGlobalConfig"),
     Route("POST", paths.BGP_GLOBAL, "Set the BGP global settings", request="BGPGlobalConfig"),
 )
+
+# Path and query parameters by name (each name means the same on every route): what the
+# handlers accept, for the OpenAPI document (the handlers read them as text and check them).
+PARAMETERS: dict[str, Field] = {
+    "ip": Field("string", "An address", required=True, **IP),
+    "port": Field("integer", "A port (0: an icmp rule's)", **PORT),
+    "portmax": Field("integer", "The last port of the range", **PORT),
+    "proto": Field("string", "The protocol", enum=PROTOCOLS),
+    "block": Field("integer", "The rule's mark", minimum=0, maximum=UINT32_MAX),
+    "bgp": Field("boolean", "Accepted and ignored (LoxiLB's clients send it)"),
+    "state": Field("string", "Flows in this state", enum=CONNTRACK_STATES),
+    "limit": Field("integer", "At most this many flows: one page, with `next`",
+                   minimum=1, maximum=1_000_000),
+    "after": Field("string", "The `next` of the previous page"),
+    "probe_type": Field("string", "Only probes of this type", enum=LOXILB_PROBE_TYPES),
+    "probe_port": Field("integer", "Only probes of this port", **PORT),
+    "remoteAs": Field("integer", "Only if the neighbor's AS is this", minimum=1,
+                      maximum=UINT32_MAX),
+    "instance": Field("string", "The instance's name", **INSTANCE),
+}
+
+
+def document_parameter(param: dict[str, Any]) -> None:
+    """Give an OpenAPI parameter object the schema of its name (see PARAMETERS)."""
+    f = PARAMETERS.get(param["name"])
+    if f is not None:
+        schema = replace(f, required=True).json_schema()  # a parameter is never null
+        if param["in"] == "query":  # an empty value is taken as not given
+            schema = {"anyOf": [schema, {"type": "string", "enum": [""]}]}
+        param["schema"] = schema
+        if f.description and "description" not in param:
+            param["description"] = f.description
+
 
 # The errors each route may answer, with LoxiLB's meanings.
 ERROR_STATUSES = {400: "Malformed arguments", 401: "Invalid authentication credentials",

@@ -345,23 +345,41 @@ def test_check_value_of_a_schema_typed_field_checks_the_object() -> None:
 
 
 def test_field_json_schema_carries_each_constraint() -> None:
-    """Zero bounds are constraints too; empty ones are left out."""
-    assert Field("integer", "a port", minimum=0, maximum=65535).json_schema() == {
+    """Zero bounds are constraints too; empty ones are left out. A field that is not
+    required may be null (taken as absent), in OpenAPI 3.1's words."""
+    assert Field("integer", "a port", minimum=0, maximum=65535,
+                 required=True).json_schema() == {
         "type": "integer", "description": "a port", "minimum": 0, "maximum": 65535}
-    assert Field("string").json_schema() == {"type": "string"}
-    assert Field("string", format="ip", enum=("", "x"), read_only=True).json_schema() == {
-        "type": "string", "format": "ip", "enum": ["", "x"], "readOnly": True}
-    assert Field("integer", write_only=True, nullable=True).json_schema() == {
-        "type": "integer", "writeOnly": True, "nullable": True}
+    assert Field("string").json_schema() == {"type": ["string", "null"]}
+    assert Field("string", enum=("", "x"), read_only=True).json_schema() == {
+        "type": ["string", "null"], "enum": ["", "x", None], "readOnly": True}
+    assert Field("integer", write_only=True, nullable=True, required=True).json_schema() \
+        == {"type": ["integer", "null"], "writeOnly": True}
+    assert Field("string", pattern="^a+$", required=True).json_schema() == {
+        "type": "string", "pattern": "^a+$"}
+
+
+def test_address_fields_use_json_schemas_own_formats() -> None:
+    """Generic clients and fuzzers know ipv4 and ipv6; an optional address may be empty,
+    a prefix is an address or address/length."""
+    assert Field("string", format="ip", required=True).json_schema() == {
+        "type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+        "x-loxilb-format": "ip"}
+    assert Field("string", format="ip").json_schema()["anyOf"][-1] == {"enum": [""]}
+    prefix = Field("string", format="prefix", required=True).json_schema()
+    assert prefix["anyOf"][2:] == [{"pattern": wire.PREFIX4_PATTERN},
+                                   {"pattern": wire.PREFIX6_PATTERN}]
 
 
 def test_field_json_schema_refers_to_schemas_by_name() -> None:
     """Objects and list items of a schema are `$ref`s into the components."""
-    assert Field("ServiceArguments").json_schema() == {
+    assert Field("ServiceArguments", required=True).json_schema() == {
         "$ref": "#/components/schemas/ServiceArguments"}
-    assert Field("array", items="LoadBalancerEndpoint").json_schema() == {
+    assert Field("ServiceArguments").json_schema() == {"anyOf": [
+        {"$ref": "#/components/schemas/ServiceArguments"}, {"type": "null"}]}
+    assert Field("array", items="LoadBalancerEndpoint", required=True).json_schema() == {
         "type": "array", "items": {"$ref": "#/components/schemas/LoadBalancerEndpoint"}}
-    assert Field("array", items="string").json_schema() == {
+    assert Field("array", items="string", required=True).json_schema() == {
         "type": "array", "items": {"type": "string"}}
 
 
@@ -370,8 +388,8 @@ def test_schema_json_schema_lists_properties_and_required_ones_in_order() -> Non
     s = Schema("S", "d", {"a": Field("string", required=True), "b": Field("integer"),
                           "c": Field("boolean", required=True)})
     assert s.json_schema() == {"type": "object", "description": "d", "properties": {
-        "a": {"type": "string"}, "b": {"type": "integer"}, "c": {"type": "boolean"}},
-        "required": ["a", "c"]}
+        "a": {"type": "string"}, "b": {"type": ["integer", "null"]},
+        "c": {"type": "boolean"}}, "required": ["a", "c"]}
     assert "required" not in Schema("T", "d", {"a": Field("string")}).json_schema()
 
 
@@ -381,9 +399,9 @@ def test_the_served_endpoint_schema_marks_what_is_shown_and_what_is_sent() -> No
     ep = schemas["LoadBalancerEndpoint"]
     assert ep["required"] == ["endpointIP"]
     assert ep["properties"]["state"]["readOnly"] is True
-    assert ep["properties"]["state"]["enum"] == ["active", "inactive"]
+    assert ep["properties"]["state"]["enum"] == ["active", "inactive", None]
     assert schemas["ServiceArguments"]["properties"]["oper"]["writeOnly"] is True
-    assert schemas["ServiceArguments"]["properties"]["sel"]["enum"] == list(SELECTION_NAMES)
+    assert schemas["ServiceArguments"]["properties"]["sel"]["enum"] == [*SELECTION_NAMES, None]
 
 
 def _refs(node: Any) -> Iterator[str]:
@@ -499,3 +517,29 @@ def test_every_route_path_can_be_filled() -> None:
         filled = paths.fill(route.path, **{n: "a/b c" for n in names})
         assert "{" not in filled, route.path
         assert filled.count("a%2Fb%20c") == len(names), route.path
+
+
+@pytest.mark.parametrize("name", ["a/b", "two words", "x" * 65, "caf\u00e9", "tab\there"])
+def test_ha_instance_names_outside_the_pattern_are_refused_naming_it(name: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        wire.check("CIStatusEntry", {"instance": name, "state": "MASTER"})
+    assert err.value.field == "instance"
+    assert "at most 64 visible ASCII characters but '/'" in err.value.why
+
+
+def test_ha_instance_names_of_keepalived_are_taken() -> None:
+    for name in ("default", "VI_1", "llb-inst0", "x" * 64, ""):
+        assert wire.check("CIStatusEntry", {"instance": name, "state": "BACKUP"})
+
+
+def test_parameters_are_documented_by_name_and_query_ones_may_be_empty() -> None:
+    path = {"name": "port", "in": "path", "required": True, "schema": {"type": "string"}}
+    wire.document_parameter(path)
+    assert path["schema"] == {"type": "integer", "description": "A port (0: an icmp rule's)",
+                              "minimum": 0, "maximum": 65535}
+    query = {"name": "limit", "in": "query", "schema": {"type": "string"}}
+    wire.document_parameter(query)
+    assert query["schema"]["anyOf"][1] == {"type": "string", "enum": [""]}
+    unknown = {"name": "servName", "in": "query", "schema": {"type": "string"}}
+    wire.document_parameter(unknown)
+    assert unknown["schema"] == {"type": "string"}

@@ -12,7 +12,7 @@ import pytest
 from lab import Lab, Topology, http_get, tcplb_topology
 from lbnode import LbNode
 
-from loxicmd.api import wire
+from loxicmd.api import paths, wire
 
 pytestmark = pytest.mark.e2e
 
@@ -273,8 +273,13 @@ def test_openapi_document_carries_every_route_with_its_schemas(node: LbNode) -> 
     sa = schemas["ServiceArguments"]["properties"]
     for key in ("probeTimeout", "probeRetries", "managed", "security", "snat", "probetype"):
         assert key in sa
-    assert schemas["ConntrackEntry"]["properties"]["ident"]["type"] == "string"
-    assert schemas["ProcessInfoEntry"]["properties"]["pid"]["type"] == "string"
+    # optional members may be null (taken as absent), in OpenAPI 3.1's words
+    assert schemas["ConntrackEntry"]["properties"]["ident"]["type"] == ["string", "null"]
+    assert schemas["ProcessInfoEntry"]["properties"]["pid"]["type"] == ["string", "null"]
+    # parameters say what the handlers take
+    delete = doc["paths"]["/netlox/v1" + paths.LB_RULE]["delete"]["parameters"]
+    by_name = {p["name"]: p["schema"] for p in delete}
+    assert by_name["port"]["type"] == "integer" and by_name["proto"]["enum"][0] == "tcp"
     # every $ref resolves
     refs = [v for v in _walk(doc) if isinstance(v, str) and v.startswith("#/components/")]
     assert refs and all(r.rsplit("/", 1)[1] in schemas for r in refs)

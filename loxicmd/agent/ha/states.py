@@ -28,7 +28,6 @@ DEFAULT_INSTANCE = "default"
 # LoxiLB's own name of its default instance, which kube-loxilb's rule names carry
 # ("<namespace>_<service>:llb-inst0"): the same instance here.
 LOXILB_DEFAULT_INSTANCE = "llb-inst0"
-MAX_INSTANCE_LEN = 64
 # Called after a state changed: (instance, previous state, entry), outside the lock.
 StateObserver = Callable[[str, str, dict[str, Any]], None]
 
@@ -48,9 +47,6 @@ def parse_ha_state(body: Any) -> dict[str, str]:
     VIP canonical; the default instance when none is named)."""
     b = check("CIStatusEntry", body, unknown="ignore")
     instance = canonical(b.get("instance") or DEFAULT_INSTANCE)
-    if len(instance) > MAX_INSTANCE_LEN or not instance.isprintable() or "/" in instance:
-        raise InvalidInput("instance", f"{instance!r} is not a valid instance name; allowed: "
-                           f"printable text without '/', at most {MAX_INSTANCE_LEN} characters")
     return {"instance": instance, "state": b["state"], "vip": b.get("vip", "")}
 
 

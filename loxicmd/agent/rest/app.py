@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from loxicmd.api import paths, wire
 from loxicmd.api.wire import UINT32_MAX
@@ -72,6 +73,15 @@ def _token(value: str | None, size: int) -> bytes | None:
         raise InvalidInput("after", f"{value!r} is not a token this agent handed out "
                            "(the `next` of a previous page)")
     return token
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """The methods the path of a request has (a 405's Allow header, RFC 9110)."""
+    def served(method: str) -> bool:
+        scope = {"type": "http", "path": request.url.path, "root_path": "", "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in app.routes)
+
+    return [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if served(m)]
 
 
 def _stream_ct(pages: Iterator[tuple[list[dict[str, Any]], bytes | None]]) -> Iterator[bytes]:
@@ -154,7 +164,10 @@ def create_app(parts: AgentParts, token: str | None = None) -> FastAPI:
             detail = f"{request.method} is not allowed on {request.url.path}"
         else:
             detail = str(exc.detail)
-        return _error(exc.status_code, detail)
+        response = _error(exc.status_code, detail)
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(_allowed_methods(app, request))
+        return response
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
@@ -246,7 +259,7 @@ def create_app(parts: AgentParts, token: str | None = None) -> FastAPI:
             state=one_of(state, "state", CONNTRACK_STATES, "a conntrack state") if state else None,
         )
         token = _token(after, parts.flows.token_size)
-        if limit is None:
+        if not limit:  # an empty value is not given, as with every filter
             # Everything (LoxiLB's clients expect it), streamed page by page.
             return StreamingResponse(_stream_ct(parts.flows.pages(flt, token)),
                                      media_type="application/json")
@@ -278,6 +291,8 @@ def _document(app: FastAPI) -> None:
             for route in wire.ROUTES:
                 op = doc["paths"][API_BASE_PATH + route.path][route.method.lower()]
                 op.update(wire.operation(route))
+                for param in op.get("parameters", ()):
+                    wire.document_parameter(param)
             doc["components"] = wire.openapi_components()
             app.openapi_schema = doc
         return app.openapi_schema

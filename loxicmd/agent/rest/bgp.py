@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from loxicmd.api import paths, wire
 from loxicmd.api.wire import UINT32_MAX
@@ -14,6 +15,15 @@ from ..bgp.speaker import BgpSpeaker
 from ..errors import ApiError
 from ..validate import query_int
 from .config import SUCCESS, json_body
+
+
+class NotAll(StringConvertor):
+    """A path segment but the word `all`."""
+
+    regex = "(?!all$)[^/]+"
+
+
+register_url_convertor("not_all", NotAll())
 
 
 def bgp_router(speaker: BgpSpeaker) -> APIRouter:
@@ -28,7 +38,8 @@ def bgp_router(speaker: BgpSpeaker) -> APIRouter:
         speaker.add_neighbor(await json_body(request))
         return SUCCESS
 
-    @router.delete(paths.BGP_NEIGH_BY_IP)
+    # `all` is the list's own path (GET only), never an address: DELETE of it is a 405
+    @router.delete(paths.BGP_NEIGH_BY_IP.replace("{ip}", "{ip:not_all}"))
     def delete_neighbor(ip: str, remoteAs: str | None = None  # noqa: N803 (API name)
                         ) -> dict[str, str]:
         address = wire.ip_address(ip, "ip_address")
